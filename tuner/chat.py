@@ -1,0 +1,196 @@
+"""Chat with a base model, a base model + adapter (PEFT, unmerged), or a merged model.
+
+Prompts are built with the XTuner template the adapter was trained with, turn by turn as
+``xtuner chat`` does, so the fine-tuned model sees at chat time what it saw in training.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from tuner.convert import read_adapter_info
+from tuner.models import guess_template, resolve_model
+
+KINDS = ("base", "adapter", "merged")
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 0.9
+    top_k: int = 40
+    repetition_penalty: float = 1.1
+
+
+@dataclass
+class ChatModel:
+    model: object
+    tokenizer: object
+    template: dict
+    template_name: str
+    system: str = ""
+    description: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ChatLoadError(Exception):
+    """The model or adapter could not be loaded (say which, and why)."""
+
+
+def _template(name: str) -> dict:
+    from xtuner.utils import PROMPT_TEMPLATE
+
+    if name not in PROMPT_TEMPLATE:
+        raise ChatLoadError(f"Unknown prompt template {name!r}.")
+    return dict(PROMPT_TEMPLATE[name])
+
+
+def build_prompt(template: dict, message: str, history: list[tuple[str, str]] | None = None,
+                 system: str = "") -> str:
+    """The text XTuner's template gives for a conversation so far and a new message."""
+    text = template.get("SYSTEM", "").format(system=system) if system and template.get("SYSTEM") else ""
+    suffix, sep = template.get("SUFFIX", ""), template.get("SEP", "")
+    for number, (user, assistant) in enumerate(history or [], start=1):
+        text += template["INSTRUCTION"].format(input=user, round=number, bot_name="assistant")
+        text += assistant + suffix + sep
+    text += template["INSTRUCTION"].format(input=message, round=len(history or []) + 1, bot_name="assistant")
+    return text
+
+
+def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | None = None,
+                    load_in_4bit: bool = False, template: str = "") -> ChatModel:
+    """Load for chat. ``kind``: base (``model``), adapter (``adapter`` on its base), merged (``model``)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if kind not in KINDS:
+        raise ChatLoadError(f"kind must be one of {', '.join(KINDS)}")
+    info: dict = {}
+    if kind == "adapter":
+        if adapter is None or not (Path(adapter) / "adapter_config.json").exists():
+            raise ChatLoadError(f"No adapter at {adapter}: it needs adapter_config.json.")
+        info = read_adapter_info(Path(adapter))
+        model = model or info.get("base_model", "")
+        if not model:
+            import json
+
+            model = json.loads((Path(adapter) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    elif kind == "merged":
+        info = read_adapter_info(Path(model))
+    template_name = template or info.get("template") or guess_template(model)
+    cuda = torch.cuda.is_available()
+    kwargs: dict = {"torch_dtype": torch.float32, "trust_remote_code": True}
+    if cuda:
+        kwargs["torch_dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        kwargs["device_map"] = "cuda"
+        if load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_compute_dtype=kwargs["torch_dtype"],
+                bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
+    elif load_in_4bit:
+        raise ChatLoadError("4-bit loading needs a CUDA GPU; this machine has none.")
+    path = resolve_model(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        llm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if kind == "adapter":
+            from peft import PeftModel
+
+            llm = PeftModel.from_pretrained(llm, str(adapter), is_trainable=False)
+    except (OSError, ValueError) as error:
+        raise ChatLoadError(f"Could not load {model or adapter}: {error}") from error
+    llm.eval()
+    described = {"base": f"base {model}", "adapter": f"{model} + adapter {adapter}", "merged": f"merged {model}"}
+    return ChatModel(llm, tokenizer, _template(template_name), template_name, info.get("system", ""),
+                     described[kind])
+
+
+def _stop_ids(chat: ChatModel) -> list[int]:
+    tokenizer = chat.tokenizer
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for word in chat.template.get("STOP_WORDS", []) + [chat.template.get("SUFFIX", "")]:
+        if word:
+            encoded = tokenizer.encode(word, add_special_tokens=False)
+            if len(encoded) == 1:
+                ids.add(encoded[0])
+    return sorted(ids)
+
+
+def stream_reply(chat: ChatModel, message: str, history: list[tuple[str, str]] | None = None,
+                 system: str | None = None, settings: GenerationSettings | None = None) -> Iterator[str]:
+    """Yield the reply as it grows (the whole text so far each time); stops at end of turn."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    settings = settings or GenerationSettings()
+    prompt = build_prompt(chat.template, message, history, chat.system if system is None else system)
+    inputs = chat.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    inputs = {k: v.to(chat.model.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+    streamer = TextIteratorStreamer(chat.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    sampling = settings.temperature > 0
+    kwargs = dict(**inputs, streamer=streamer, max_new_tokens=settings.max_new_tokens, do_sample=sampling,
+                  repetition_penalty=settings.repetition_penalty, eos_token_id=_stop_ids(chat),
+                  pad_token_id=chat.tokenizer.pad_token_id or chat.tokenizer.eos_token_id)
+    if sampling:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+    errors: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            with chat.lock, torch.inference_mode():
+                chat.model.generate(**kwargs)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(error)
+            streamer.end()
+
+    thread = threading.Thread(target=generate, daemon=True)
+    thread.start()
+    text = ""
+    stops = [w for w in chat.template.get("STOP_WORDS", []) if w]
+    for piece in streamer:
+        text += piece
+        cut = min((text.find(w) for w in stops if w in text), default=-1)
+        if cut >= 0:
+            yield text[:cut].strip()
+            break
+        yield text.strip()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def reply(chat: ChatModel, message: str, history: list[tuple[str, str]] | None = None,
+          system: str | None = None, settings: GenerationSettings | None = None) -> str:
+    text = ""
+    for text in stream_reply(chat, message, history, system, settings):
+        pass
+    return text
+
+
+class ChatModelCache:
+    """Keeps the last few loaded models, so a conversation does not reload at every message."""
+
+    def __init__(self, size: int = 3):
+        self.size = size
+        self._models: OrderedDict[tuple, ChatModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, kind: str, model: str = "", adapter: str | Path | None = None,
+            load_in_4bit: bool = False, template: str = "") -> ChatModel:
+        key = (kind, model, str(adapter or ""), load_in_4bit, template)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            loaded = load_chat_model(kind, model, adapter, load_in_4bit, template)
+            self._models[key] = loaded
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+            return loaded

@@ -1,0 +1,511 @@
+"""TrainSpec: every knob of the tutorial's parameter table, its presets, and the XTuner config it renders.
+
+The rendered file is an ordinary XTuner config in the shape of XTuner's own (PART 1 Settings …
+PART 5 Runtime): ``xtuner train config.py`` runs it unchanged. Every knob is a plain assignment in
+PART 1, so a person can edit it as the tutorial teaches, and ``read_config`` can read it back.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner.models import EMBEDDED_MODEL, guess_template, is_embedded
+
+METHODS = ("qlora", "lora")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DEEPSPEED_CHOICES = (
+    "none",
+    "deepspeed_zero1",
+    "deepspeed_zero2",
+    "deepspeed_zero2_offload",
+    "deepspeed_zero3",
+    "deepspeed_zero3_offload",
+)
+DEFAULT_EVALUATION_INPUTS = ("请做一下自我介绍", "Who are you?")
+
+
+@dataclass
+class TrainSpec:
+    model: str = EMBEDDED_MODEL
+    template: str = ""  # XTuner PROMPT_TEMPLATE name; empty: guessed from the model
+    data_files: list[str] = field(default_factory=list)
+    method: str = "lora"  # "qlora": 4-bit base (needs a CUDA GPU); "lora": base in `precision`
+    precision: str = "auto"  # auto: bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU
+    max_length: int = 2048
+    pack_to_max_length: bool = True
+    batch_size: int = 1
+    accumulative_counts: int = 16
+    max_epochs: int = 3
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    max_norm: float = 1.0
+    warmup_ratio: float = 0.03
+    save_steps: int = 500
+    save_total_limit: int = 2
+    evaluation_freq: int = 500
+    evaluation_max_new_tokens: int = 128
+    system: str = ""
+    evaluation_inputs: list[str] = field(default_factory=lambda: list(DEFAULT_EVALUATION_INPUTS))
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    deepspeed: str = "none"
+    gpus: int = 1
+    dataloader_num_workers: int = 0
+    map_num_proc: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    seed: int = 42
+    log_interval: int = 1
+
+    @property
+    def prompt_template(self) -> str:
+        return self.template or guess_template(self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown training setting(s): {', '.join(unknown)}")
+        values = dict(data)
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrainSpec":
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainSpec":
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def spec_problems(spec: TrainSpec, cuda_available: bool | None = None) -> list[str]:
+    """What is wrong with a spec, each as a sentence a person can act on. Empty when it is runnable."""
+    problems = []
+    if spec.method not in METHODS:
+        problems.append(f"method must be one of {', '.join(METHODS)}, not {spec.method!r}.")
+    if spec.precision not in PRECISIONS:
+        problems.append(f"precision must be one of {', '.join(PRECISIONS)}, not {spec.precision!r}.")
+    if spec.deepspeed not in DEEPSPEED_CHOICES:
+        problems.append(f"deepspeed must be one of {', '.join(DEEPSPEED_CHOICES)}.")
+    for name in ("max_length", "batch_size", "accumulative_counts", "max_epochs", "save_steps",
+                 "evaluation_freq", "lora_r", "lora_alpha", "gpus", "log_interval"):
+        if getattr(spec, name) < 1:
+            problems.append(f"{name} must be at least 1.")
+    if not 0 < spec.lr < 1:
+        problems.append("lr must be between 0 and 1 (the tutorial uses 2e-4).")
+    if not 0 <= spec.warmup_ratio < 1:
+        problems.append("warmup_ratio must be between 0 and 1.")
+    if not 0 <= spec.lora_dropout < 1:
+        problems.append("lora_dropout must be between 0 and 1.")
+    if not spec.data_files:
+        problems.append("No training data: give at least one data file.")
+    for path in spec.data_files:
+        if not Path(path).is_file():
+            problems.append(f"Data file not found: {path}")
+    if cuda_available is None:
+        cuda_available = _cuda_available()
+    if not cuda_available:
+        if spec.method == "qlora":
+            problems.append("QLoRA loads the model in 4 bits, which needs a CUDA GPU; this machine has "
+                            "none. Choose LoRA.")
+        if spec.precision in ("fp16", "bf16"):
+            problems.append(f"{spec.precision} training needs a GPU here; choose fp32 or auto.")
+        if spec.deepspeed != "none" or spec.gpus > 1:
+            problems.append("DeepSpeed and several GPUs need CUDA GPUs; this machine has none.")
+    return problems
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_precision(spec: TrainSpec, cuda_available: bool | None = None) -> str:
+    if spec.precision != "auto":
+        return spec.precision
+    if cuda_available is None:
+        cuda_available = _cuda_available()
+    if not cuda_available:
+        return "fp32"
+    import torch
+
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets: the models users of the tutorial know, with defaults that fit each.
+
+@dataclass(frozen=True)
+class Preset:
+    label: str
+    model: str
+    settings: dict[str, Any]
+
+
+_EMBEDDED_SETTINGS = dict(
+    method="lora", max_length=256, pack_to_max_length=False, batch_size=4, accumulative_counts=1, max_epochs=3, lr=1e-3,
+    lora_r=16, lora_alpha=32, lora_dropout=0.05, warmup_ratio=0.05, save_steps=50,
+    save_total_limit=2, evaluation_freq=25, evaluation_max_new_tokens=48,
+)
+_QLORA_7B = dict(method="qlora", max_length=2048, batch_size=1, accumulative_counts=16, max_epochs=3,
+                 lr=2e-4, lora_r=64, lora_alpha=16, lora_dropout=0.1, save_steps=500,
+                 evaluation_freq=500, evaluation_max_new_tokens=256)
+_QLORA_SMALL = dict(_QLORA_7B, batch_size=4, accumulative_counts=4)
+
+PRESETS: dict[str, Preset] = {
+    "smollm2-135m (embedded)": Preset("SmolLM2-135M-Instruct (embedded, runs on CPU)", EMBEDDED_MODEL,
+                                      _EMBEDDED_SETTINGS),
+    "internlm2_5-7b-chat": Preset("InternLM2.5-7B-Chat", "internlm/internlm2_5-7b-chat", _QLORA_7B),
+    "internlm2-chat-1_8b": Preset("InternLM2-Chat-1.8B", "internlm/internlm2-chat-1_8b", _QLORA_SMALL),
+    "qwen2.5-7b-instruct": Preset("Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct", _QLORA_7B),
+    "qwen2.5-1.5b-instruct": Preset("Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", _QLORA_SMALL),
+    "llama-3-8b-instruct": Preset("Llama-3-8B-Instruct", "meta-llama/Meta-Llama-3-8B-Instruct", _QLORA_7B),
+}
+
+
+def spec_for_model(model: str = EMBEDDED_MODEL, **overrides: Any) -> TrainSpec:
+    """A spec with the defaults that fit ``model``: a preset's if it has one, else the tutorial's."""
+    settings: dict[str, Any] = {}
+    for preset in PRESETS.values():
+        if preset.model == model or (is_embedded(model) and is_embedded(preset.model)):
+            settings = dict(preset.settings)
+    settings.update(model=model, **overrides)
+    return TrainSpec(**settings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering and reading back
+
+_CONFIG_HEADER = '''\
+# XTuner config written by tuner (the fine-tuning studio). Run it with:
+#     xtuner train {config_name}
+# It is an ordinary XTuner config: edit PART 1 as the XTuner tutorial teaches.
+import torch
+from datasets import load_dataset
+from mmengine.dataset import DefaultSampler
+from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook,
+                            LoggerHook, ParamSchedulerHook)
+from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR, OptimWrapper
+from peft import LoraConfig
+from torch.optim import AdamW
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from xtuner.dataset import process_hf_dataset
+from xtuner.dataset.collate_fns import default_collate_fn
+from xtuner.dataset.map_fns import template_map_fn_factory
+from xtuner.engine.hooks import (DatasetInfoHook, EvaluateChatHook,
+                                 VarlenAttnArgsToMessageHubHook)
+from xtuner.engine.runner import TrainLoop
+from xtuner.model import SupervisedFinetune
+from xtuner.utils import PROMPT_TEMPLATE
+'''
+
+_CONFIG_BODY = '''
+#######################################################################
+#                      PART 2  Model & Tokenizer                      #
+#######################################################################
+torch_dtype = {{"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}}[precision]
+
+tokenizer = dict(
+    type=AutoTokenizer.from_pretrained,
+    pretrained_model_name_or_path=pretrained_model_name_or_path,
+    trust_remote_code=True,
+    padding_side="right",
+)
+
+model = dict(
+    type=SupervisedFinetune,
+    use_varlen_attn=use_varlen_attn,
+    llm=dict(
+        type=AutoModelForCausalLM.from_pretrained,
+        pretrained_model_name_or_path=pretrained_model_name_or_path,
+        trust_remote_code=True,
+        torch_dtype=torch_dtype,
+{quantization}    ),
+    lora=dict(
+        type=LoraConfig,
+        r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        bias="none",
+        task_type="CAUSAL_LM",
+    ),
+)
+
+#######################################################################
+#                      PART 3  Dataset & Dataloader                   #
+#######################################################################
+train_dataset = dict(
+    type=process_hf_dataset,
+    dataset=dict(type=load_dataset, path="json", data_files=data_files),
+    tokenizer=tokenizer,
+    max_length=max_length,
+    dataset_map_fn=None,
+    template_map_fn=dict(type=template_map_fn_factory, template=prompt_template),
+    remove_unused_columns=True,
+    shuffle_before_pack=True,
+    pack_to_max_length=pack_to_max_length,
+    use_varlen_attn=use_varlen_attn,
+    map_num_proc=map_num_proc,
+)
+
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=dataloader_num_workers,
+    dataset=train_dataset,
+    sampler=dict(type=DefaultSampler, shuffle=True),
+    collate_fn=dict(type=default_collate_fn, use_varlen_attn=use_varlen_attn),
+)
+
+#######################################################################
+#                    PART 4  Scheduler & Optimizer                    #
+#######################################################################
+optim_wrapper = dict(
+{optim_wrapper}    optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
+    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
+    accumulative_counts=accumulative_counts,
+)
+
+param_scheduler = [
+{warmup}    dict(
+        type=CosineAnnealingLR,
+        eta_min=0.0,
+        by_epoch=True,
+        begin=warmup_ratio * max_epochs,
+        end=max_epochs,
+        convert_to_iter_based=True,
+    ),
+]
+
+train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
+
+#######################################################################
+#                           PART 5  Runtime                           #
+#######################################################################
+custom_hooks = [
+    dict(type=DatasetInfoHook, tokenizer=tokenizer),
+    dict(
+        type=EvaluateChatHook,
+        tokenizer=tokenizer,
+        every_n_iters=evaluation_freq,
+        evaluation_inputs=evaluation_inputs,
+        system=SYSTEM,
+        prompt_template=prompt_template,
+        max_new_tokens=evaluation_max_new_tokens,
+    ),
+]
+
+if use_varlen_attn:
+    custom_hooks += [dict(type=VarlenAttnArgsToMessageHubHook)]
+
+default_hooks = dict(
+    timer=dict(type=IterTimerHook),
+    logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=log_interval),
+    param_scheduler=dict(type=ParamSchedulerHook),
+    checkpoint=dict(
+        type=CheckpointHook,
+        by_epoch=False,
+        interval=save_steps,
+        max_keep_ckpts=save_total_limit,
+    ),
+    sampler_seed=dict(type=DistSamplerSeedHook),
+)
+
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+    dist_cfg=dict(backend="nccl"),
+)
+
+visualizer = None
+log_level = "INFO"
+load_from = None
+resume = False
+randomness = dict(seed=seed, deterministic=False)
+log_processor = dict(by_epoch=False)
+'''
+
+_WARMUP = '''\
+    dict(
+        type=LinearLR,
+        start_factor=1e-5,
+        by_epoch=True,
+        begin=0,
+        end=warmup_ratio * max_epochs,
+        convert_to_iter_based=True,
+    ),
+'''
+_NO_WARMUP = "    # no warm-up: warmup_ratio * max_epochs is less than one iteration of this data set\n"
+
+_QUANTIZATION = '''\
+        quantization_config=dict(
+            type=BitsAndBytesConfig,
+            load_in_4bit=True,
+            load_in_8bit=False,
+            llm_int8_threshold=6.0,
+            llm_int8_has_fp16_weight=False,
+            bnb_4bit_compute_dtype=torch_dtype,
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type="nf4",
+        ),
+'''
+
+# (variable in the config, spec field); the order is the order of PART 1.
+_SETTINGS = (
+    ("# Model", None),
+    ("pretrained_model_name_or_path", "model"),
+    ("method", "method"),
+    ("precision", "precision"),
+    ("use_varlen_attn", None),
+    ("# Data", None),
+    ("data_files", "data_files"),
+    ("prompt_template", "template"),
+    ("max_length", "max_length"),
+    ("pack_to_max_length", "pack_to_max_length"),
+    ("# Scheduler & Optimizer", None),
+    ("batch_size", "batch_size"),
+    ("accumulative_counts", "accumulative_counts"),
+    ("dataloader_num_workers", "dataloader_num_workers"),
+    ("map_num_proc", "map_num_proc"),
+    ("max_epochs", "max_epochs"),
+    ("optim_type", None),
+    ("lr", "lr"),
+    ("betas", "betas"),
+    ("weight_decay", "weight_decay"),
+    ("max_norm", "max_norm"),
+    ("warmup_ratio", "warmup_ratio"),
+    ("# LoRA", None),
+    ("lora_r", "lora_r"),
+    ("lora_alpha", "lora_alpha"),
+    ("lora_dropout", "lora_dropout"),
+    ("# Save", None),
+    ("save_steps", "save_steps"),
+    ("save_total_limit", "save_total_limit"),
+    ("log_interval", "log_interval"),
+    ("# Evaluate the generation performance during the training", None),
+    ("evaluation_freq", "evaluation_freq"),
+    ("evaluation_max_new_tokens", "evaluation_max_new_tokens"),
+    ("SYSTEM", "system"),
+    ("evaluation_inputs", "evaluation_inputs"),
+    ("# Launch (read by `xtuner train` flags, not by the runner)", None),
+    ("deepspeed", "deepspeed"),
+    ("gpus", "gpus"),
+    ("seed", "seed"),
+)
+_COMMENTS = {
+    "method": "  # qlora: 4-bit base model; lora: base in `precision`",
+    "save_total_limit": "  # Maximum checkpoints to keep (-1 means unlimited)",
+    "max_norm": "  # grad clip",
+    "batch_size": "  # per_device",
+}
+
+
+def warmup_iterations(spec: TrainSpec, iters_per_epoch: int | None) -> float:
+    """Warm-up length in iterations; unknown epoch length counts as long enough."""
+    if spec.warmup_ratio <= 0:
+        return 0
+    if iters_per_epoch is None:
+        return float("inf")
+    return int(spec.warmup_ratio * spec.max_epochs * iters_per_epoch)
+
+
+def render_config(spec: TrainSpec, config_name: str = "config.py", model_path: str | None = None,
+                  iters_per_epoch: int | None = None) -> str:
+    """The XTuner config text for ``spec``. ``model_path`` replaces the model name (the embedded
+    default's converted folder, for instance). With ``iters_per_epoch`` known, a warm-up shorter
+    than one iteration is left out: mmengine refuses a scheduler that ends where it begins."""
+    precision = resolve_precision(spec)
+    values = spec.to_dict()
+    values["model"] = model_path or spec.model
+    values["precision"] = precision
+    lines = [_CONFIG_HEADER.format(config_name=config_name), "",
+             "#" * 71, "#                          PART 1  Settings                           #", "#" * 71]
+    for variable, name in _SETTINGS:
+        if variable.startswith("#"):
+            lines.append(variable)
+        elif variable == "prompt_template":
+            lines.append(f"prompt_template = PROMPT_TEMPLATE.{spec.prompt_template}")
+        elif variable == "use_varlen_attn":
+            lines.append("use_varlen_attn = False")
+        elif variable == "optim_type":
+            lines.append("optim_type = AdamW")
+        else:
+            value = values[name]
+            if isinstance(value, list):
+                value = list(value)
+            lines.append(f"{variable} = {value!r}{_COMMENTS.get(variable, '')}")
+    if precision == "fp32":
+        optim = "    type=OptimWrapper,\n"
+    else:
+        dtype = "float16" if precision == "fp16" else "bfloat16"
+        optim = f'    type=AmpOptimWrapper,\n    loss_scale="dynamic",\n    dtype="{dtype}",\n'
+    body = _CONFIG_BODY.format(
+        quantization=_QUANTIZATION if spec.method == "qlora" else "",
+        optim_wrapper=optim,
+        warmup=_WARMUP if warmup_iterations(spec, iters_per_epoch) >= 1 else _NO_WARMUP,
+    )
+    return "\n".join(lines) + "\n" + body
+
+
+def read_config(text: str) -> TrainSpec:
+    """The spec a config of ours (or one edited by hand in PART 1) describes."""
+    tree = ast.parse(text)
+    found: dict[str, Any] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)):
+            continue
+        variable = node.targets[0].id
+        if variable == "prompt_template" and isinstance(node.value, ast.Attribute):
+            found["template"] = node.value.attr
+            continue
+        try:
+            found[variable] = ast.literal_eval(node.value)
+        except ValueError:
+            continue
+    values: dict[str, Any] = {}
+    for variable, name in _SETTINGS:
+        if name is None:
+            continue
+        key = "template" if variable == "prompt_template" else variable
+        if key in found:
+            values[name] = found[key]
+    if "pretrained_model_name_or_path" not in found:
+        raise ValueError("Not a tuner config: PART 1 has no pretrained_model_name_or_path.")
+    if "method" not in found:
+        values["method"] = "qlora" if "quantization_config" in text else "lora"
+    return TrainSpec.from_dict(values)
+
+
+def train_command(config: Path, work_dir: Path, spec: TrainSpec, resume_from: Path | None = None
+                  ) -> tuple[list[str], dict[str, str]]:
+    """The ``xtuner train`` command line and the environment it needs (NPROC_PER_NODE for GPUs)."""
+    command = ["xtuner", "train", str(config), "--work-dir", str(work_dir), "--seed", str(spec.seed)]
+    if spec.deepspeed != "none":
+        command += ["--deepspeed", spec.deepspeed]
+    if resume_from is not None:
+        command += ["--resume", str(resume_from)]
+    env = {"NPROC_PER_NODE": str(spec.gpus)} if spec.gpus > 1 else {}
+    return command, env
+
+
+def shell_command(command: list[str], env: dict[str, str]) -> str:
+    import shlex
+
+    prefix = " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items())
+    return (prefix + " " if prefix else "") + shlex.join(command)

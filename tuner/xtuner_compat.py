@@ -1,0 +1,43 @@
+"""The one place where XTuner (and what it stands on) is patched to run here. Each patch says why.
+
+The patches reach the training process through ``tuner/xtuner_boot/sitecustomize.py``: the job runner
+puts that folder on ``PYTHONPATH``, so every Python process that ``xtuner train`` starts (one, or one
+per GPU under torchrun) applies them at start-up, and ``xtuner train CONFIG`` itself runs unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BOOT_DIR = Path(__file__).parent / "xtuner_boot"
+_ENABLE = "TUNER_XTUNER_PATCHES"
+
+
+def apply_patches() -> None:
+    _cpu_bf16_probe()
+
+
+def _cpu_bf16_probe() -> None:
+    # XTuner 0.2.0's SupervisedFinetune asks `get_torch_device().is_bf16_supported()`, which on a
+    # machine without a GPU is `torch.cpu`, and torch.cpu has no such function: the model cannot be
+    # built at all. bf16 is only used there for flash attention, which a CPU does not have.
+    import torch
+
+    if not hasattr(torch.cpu, "is_bf16_supported"):
+        torch.cpu.is_bf16_supported = lambda including_emulation=True: False
+
+
+def patched_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment in which XTuner processes start with the patches applied."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(BOOT_DIR), str(BOOT_DIR.parent.parent), env.get("PYTHONPATH", "")) if p
+    )
+    env[_ENABLE] = "1"
+    return env
+
+
+def boot() -> None:
+    if os.environ.get(_ENABLE) == "1":
+        apply_patches()
