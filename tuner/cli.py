@@ -300,6 +300,14 @@ def cmd_jobs(args) -> int:
         return _watch(job, args.quiet) if args.wait else 0
     if args.action == "watch":
         return _watch(job, args.quiet)
+    if args.action == "export":
+        from tuner.launch import export_cluster_bundle
+
+        if not args.out:
+            raise CliError("jobs export needs --out DIR")
+        out = export_cluster_bundle(job, Path(args.out), args.nodes, args.gpus_per_node)
+        print(f"{out}: config, data and launch scripts for {args.nodes} node(s); see {out / 'README.md'}")
+        return 0
     raise CliError(f"unknown jobs action {args.action}")
 
 
@@ -441,9 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(p)
     p.set_defaults(func=cmd_chat)
 
-    p = verbs.add_parser("jobs", help="list, show, watch, cancel or resume jobs")
-    p.add_argument("action", choices=("list", "show", "watch", "cancel", "resume"))
+    p = verbs.add_parser("jobs", help="list, show, watch, cancel, resume jobs; export one for a cluster")
+    p.add_argument("action", choices=("list", "show", "watch", "cancel", "resume", "export"))
     p.add_argument("job", nargs="?")
+    p.add_argument("--out", help="export: the folder for the cluster bundle")
+    p.add_argument("--nodes", type=int, default=1, help="export: number of machines")
+    p.add_argument("--gpus-per-node", type=int, help="export: GPUs per machine (default: the job's)")
     p.add_argument("--wait", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_jobs)
@@ -464,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     from tuner.jobs import JobError
     from tuner.models import ModelNotFound
 
+    from tuner.xtuner_compat import quiet_known_noise
+
+    quiet_known_noise()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -11,14 +11,13 @@ Layout of a job folder::
     adapter/         the Hugging Face adapter, converted when training succeeds
     merged/          the merged model, when asked for
 
-A small supervisor process (``python -m tuner.jobs supervise DIR``) starts ``xtuner train``, waits,
+A small supervisor process (``python -m tuner.supervisor DIR``, see tuner/supervisor.py) starts ``xtuner train``, waits,
 and records how it ended. Both run in sessions of their own, so the job outlives the process that
 started it (the app, the CLI); all state is on disk, so any process can read, cancel or resume it.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
@@ -26,7 +25,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -36,9 +34,10 @@ from pathlib import Path
 
 from tuner import paths
 from tuner.models import resolve_model
+from tuner.processes import job_processes, process_alive, stop_job_processes
 from tuner.progress import Progress, read_progress
-from tuner.spec import TrainSpec, render_config, shell_command, spec_problems, train_command
-from tuner.xtuner_compat import patched_environment
+from tuner.launch import shell_command, train_command
+from tuner.spec import TrainSpec, render_config, spec_problems
 
 
 class JobState(str, Enum):
@@ -95,42 +94,6 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _process_alive(pid: int, started: float = 0.0) -> bool:
-    import psutil
-
-    if pid <= 0:
-        return False
-    try:
-        process = psutil.Process(pid)
-        if started and abs(process.create_time() - started) > 1.0:
-            return False  # the pid was reused by another process
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _group_alive(pgid: int) -> bool:
-    if pgid <= 0:
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    import psutil  # a group of zombies only is not alive
-
-    return any(p.status() != psutil.STATUS_ZOMBIE for p in psutil.process_iter(["status"])
-               if _pgid(p.pid) == pgid)
-
-
-def _pgid(pid: int) -> int:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return -1
-
-
 class Job:
     def __init__(self, folder: Path):
         self.dir = Path(folder)
@@ -165,8 +128,8 @@ class Job:
         """The job's status, repaired if the processes that should update it are gone."""
         status = self.read_status()
         if status.state in (JobState.RUNNING, JobState.CONVERTING):
-            supervisor = _process_alive(status.supervisor_pid, status.supervisor_started)
-            if not supervisor and not _group_alive(status.train_pgid):
+            supervisor = process_alive(status.supervisor_pid, status.supervisor_started)
+            if not supervisor and not job_processes(self.dir):
                 status = self._record_outcome(status, supervisor_lost=True)
         return status
 
@@ -239,6 +202,9 @@ def training_finished(progress: Progress, checkpoints: list[Path]) -> bool:
 _REASONS = (
     (re.compile(r"out of memory|OutOfMemoryError", re.I),
      "Out of GPU memory. Lower batch_size or max_length, use QLoRA, or turn on DeepSpeed ZeRO."),
+    (re.compile(r"couldn't connect to|not the path to a directory containing", re.I),
+     "The model could not be found: it is not a local folder and the model hub could not be reached. "
+     "Give a local model folder, or check the hub id and the network."),
     (re.compile(r"is not a local folder and is not a valid model identifier|Repository Not Found|"
                 r"does not appear to have a file named config\.json|HFValidationError", re.I),
      "The model could not be found. Check the model path or hub id."),
@@ -254,8 +220,8 @@ def failure_reason(progress: Progress, supervisor_lost: bool = False) -> str:
     if error:
         for pattern, advice in _REASONS:
             if pattern.search(error):
-                return f"{advice} ({error[:300]})"
-        return f"Training failed: {error[:300]}. The log has the details."
+                return f"{advice} ({error[:300].rstrip('.')})"
+        return f"Training failed: {error[:300].rstrip('.')}. The log has the details."
     if supervisor_lost:
         return "The training stopped when the process watching it ended. Resume continues from the last checkpoint."
     return ("The training process ended without finishing and without an error message; it was "
@@ -338,7 +304,7 @@ def start_job(job: Job, resume: bool = False, merge_after: bool = False) -> JobS
     if status.state == JobState.SUCCEEDED:
         raise JobError(f"Job {job.id} has already finished.")
     job._cancel_marker.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "tuner.jobs", "supervise", str(job.dir)]
+    command = [sys.executable, "-m", "tuner.supervisor", str(job.dir)]
     if resume:
         command.append("--resume")
     env = dict(os.environ)
@@ -371,7 +337,7 @@ def cancel_job(job: Job, grace_seconds: float = 10.0) -> JobStatus:
     if status.state.finished:
         return status
     job._cancel_marker.write_text(_now(), encoding="utf-8")
-    _stop_group(status.train_pgid, grace_seconds)
+    stop_job_processes(job.dir, grace_seconds)
     deadline = time.time() + grace_seconds
     while time.time() < deadline:
         status = job.status()
@@ -382,22 +348,6 @@ def cancel_job(job: Job, grace_seconds: float = 10.0) -> JobStatus:
     if not status.state.finished:
         status = job._record_outcome(status)
     return status
-
-
-def _stop_group(pgid: int, grace_seconds: float) -> None:
-    if pgid <= 0:
-        return
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.time() + grace_seconds
-    while time.time() < deadline and _group_alive(pgid):
-        time.sleep(0.2)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def wait_job(job: Job, timeout: float | None = None, poll: float = 1.0) -> JobStatus:
@@ -423,93 +373,3 @@ def get_job(job_id: str) -> Job:
     if not (folder / "spec.json").exists():
         raise JobError(f"No job {job_id!r}. `python -m tuner jobs list` shows the jobs.")
     return Job(folder)
-
-
-# the supervisor --------------------------------------------------------------------------------------
-
-def tool_environment() -> dict[str, str]:
-    env = patched_environment()
-    # `xtuner` starts its tools as "python" (and "torchrun") from PATH: make that ours.
-    shim = paths.cache() / "bin"
-    shim.mkdir(parents=True, exist_ok=True)
-    launcher = shim / "python"
-    script = f'#!/bin/sh\nexec "{sys.executable}" "$@"\n'  # not a link: a venv is found from the path run
-    if launcher.is_symlink() or not launcher.exists() or launcher.read_bytes() != script.encode():
-        launcher.unlink(missing_ok=True)
-        launcher.write_text(script)
-        launcher.chmod(0o755)
-    env["PATH"] = os.pathsep.join([str(shim), str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def xtuner_command() -> list[str]:
-    """How to start the ``xtuner`` command line of the Python that runs us."""
-    script = Path(sys.executable).parent / "xtuner"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from xtuner import cli; sys.argv[0] = 'xtuner'; sys.exit(cli())"]
-
-
-def supervise(job: Job, resume: bool) -> JobStatus:
-    deadline = time.time() + 30
-    status = job.read_status()
-    while status.supervisor_pid != os.getpid() and time.time() < deadline:
-        time.sleep(0.05)  # start_job has not recorded us yet
-        status = job.read_status()
-    spec = job.spec()
-    resume_from = job.last_checkpoint() if resume else None
-    command, extra_env = train_command(job.config_path, job.work_dir, spec, resume_from)
-    command = xtuner_command() + command[1:]
-    env = tool_environment()
-    env.update(extra_env)
-    job.work_dir.mkdir(exist_ok=True)
-    with job.log_path.open("a", encoding="utf-8") as log:
-        log.write(f"\n==== tuner: attempt {status.attempts + 1} at {_now()}: {shell_command(command, extra_env)}\n")
-        log.flush()
-        process = subprocess.Popen(command, env=env, cwd=job.dir, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    status.train_pgid = process.pid
-    status.attempts += 1
-    status.resumed_from = str(resume_from or "")
-    job.write_status(status)
-    signal.signal(signal.SIGTERM, lambda *_: _stop_group(process.pid, 5.0))
-    process.wait()
-    _stop_group(process.pid, 5.0)  # no rank outlives the launcher
-    status = job._record_outcome(job.read_status())
-    if status.state == JobState.SUCCEEDED:
-        status = _convert_after_training(job, status)
-    return status
-
-
-def _convert_after_training(job: Job, status: JobStatus) -> JobStatus:
-    from tuner.convert import ConversionError, convert_job, merge_job
-
-    status.state = JobState.CONVERTING
-    job.write_status(status)
-    try:
-        convert_job(job)
-        if status.merge_after:
-            merge_job(job)
-        status.state = JobState.SUCCEEDED
-    except ConversionError as error:
-        status.state, status.reason = JobState.FAILED, str(error)
-    status.ended = _now()
-    job.write_status(status)
-    return status
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tuner.jobs")
-    sub = parser.add_subparsers(dest="verb", required=True)
-    run = sub.add_parser("supervise", help="(internal) run a job's training and record its outcome")
-    run.add_argument("job_dir")
-    run.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
-    status = supervise(Job(Path(args.job_dir)), args.resume)
-    return 0 if status.state == JobState.SUCCEEDED else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -116,6 +117,8 @@ def spec_problems(spec: TrainSpec, cuda_available: bool | None = None) -> list[s
     for path in spec.data_files:
         if not Path(path).is_file():
             problems.append(f"Data file not found: {path}")
+    if spec.deepspeed != "none" and importlib.util.find_spec("deepspeed") is None:
+        problems.append("DeepSpeed is not installed here: pip install deepspeed==0.16.2, or choose none.")
     if cuda_available is None:
         cuda_available = _cuda_available()
     if not cuda_available:
@@ -490,22 +493,3 @@ def read_config(text: str) -> TrainSpec:
     if "method" not in found:
         values["method"] = "qlora" if "quantization_config" in text else "lora"
     return TrainSpec.from_dict(values)
-
-
-def train_command(config: Path, work_dir: Path, spec: TrainSpec, resume_from: Path | None = None
-                  ) -> tuple[list[str], dict[str, str]]:
-    """The ``xtuner train`` command line and the environment it needs (NPROC_PER_NODE for GPUs)."""
-    command = ["xtuner", "train", str(config), "--work-dir", str(work_dir), "--seed", str(spec.seed)]
-    if spec.deepspeed != "none":
-        command += ["--deepspeed", spec.deepspeed]
-    if resume_from is not None:
-        command += ["--resume", str(resume_from)]
-    env = {"NPROC_PER_NODE": str(spec.gpus)} if spec.gpus > 1 else {}
-    return command, env
-
-
-def shell_command(command: list[str], env: dict[str, str]) -> str:
-    import shlex
-
-    prefix = " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items())
-    return (prefix + " " if prefix else "") + shlex.join(command)

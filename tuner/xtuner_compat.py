@@ -16,6 +16,15 @@ _ENABLE = "TUNER_XTUNER_PATCHES"
 
 def apply_patches() -> None:
     _cpu_bf16_probe()
+    quiet_known_noise()
+
+
+def quiet_known_noise() -> None:
+    # bitsandbytes 0.50 on a CPU with AVX512-BF16 tries to fetch a kernel from the Hugging Face hub at
+    # import and warns when it cannot; the built-in kernel is used instead, so the warning is noise.
+    import logging
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def _cpu_bf16_probe() -> None:
@@ -35,6 +44,10 @@ def patched_environment(base: dict[str, str] | None = None) -> dict[str, str]:
         p for p in (str(BOOT_DIR), str(BOOT_DIR.parent.parent), env.get("PYTHONPATH", "")) if p
     )
     env[_ENABLE] = "1"
+    # mmengine 0.10.6 resumes with a bare torch.load(); since torch 2.6 that means weights_only=True,
+    # which refuses mmengine's own checkpoints (they hold its message hub). These processes load only
+    # the checkpoints their job wrote, so the pre-2.6 behaviour is restored for them alone.
+    env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     return env
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from tuner.models import EMBEDDED_MODEL
-from tuner.spec import (PRESETS, TrainSpec, read_config, render_config, shell_command, spec_for_model,
-                        spec_problems, train_command)
+from tuner.launch import shell_command, train_command
+from tuner.spec import PRESETS, TrainSpec, read_config, render_config, spec_for_model, spec_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 
