@@ -24,7 +24,7 @@ class GenerationSettings:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 0.9
     top_k: int = 40
-    repetition_penalty: float = 1.1
+    repetition_penalty: float = 1.0  # as `xtuner chat`; small models answer worse with a penalty
 
 
 @dataclass
@@ -42,9 +42,16 @@ class ChatLoadError(Exception):
     """The model or adapter could not be loaded (say which, and why)."""
 
 
-def _template(name: str) -> dict:
-    from xtuner.utils import PROMPT_TEMPLATE
+TEMPLATES_SNAPSHOT = Path(__file__).parent / "prompt_templates.json"
 
+
+def _template(name: str) -> dict:
+    try:
+        from xtuner.utils import PROMPT_TEMPLATE
+    except ImportError:  # a chat-only app bundle: XTuner's table, saved when the bundle was made
+        import json
+
+        PROMPT_TEMPLATE = json.loads(TEMPLATES_SNAPSHOT.read_text(encoding="utf-8"))
     if name not in PROMPT_TEMPLATE:
         raise ChatLoadError(f"Unknown prompt template {name!r}.")
     return dict(PROMPT_TEMPLATE[name])
@@ -108,7 +115,8 @@ def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | N
         raise ChatLoadError(f"Could not load {model or adapter}: {error}") from error
     llm.eval()
     described = {"base": f"base {model}", "adapter": f"{model} + adapter {adapter}", "merged": f"merged {model}"}
-    return ChatModel(llm, tokenizer, _template(template_name), template_name, info.get("system", ""),
+    saved = info.get("template_spec") if template_name == info.get("template") else None
+    return ChatModel(llm, tokenizer, saved or _template(template_name), template_name, info.get("system", ""),
                      described[kind])
 
 

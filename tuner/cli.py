@@ -363,7 +363,7 @@ def _add_generation_options(parser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--top-k", type=int, default=40)
-    parser.add_argument("--repetition-penalty", type=float, default=1.1)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -93,9 +93,12 @@ def convert_job(job, checkpoint: Path | None = None) -> Path:
     spec = job.spec()
     adapter = pth_to_hf(job.config_path, checkpoint, job.adapter_dir, job.dir / "convert.log")
     shutil.copyfile(job.config_path, adapter / "xtuner_config.py")
+    from xtuner.utils import PROMPT_TEMPLATE
+
     write_adapter_info(adapter, {
         "base_model": spec.model,
         "template": spec.prompt_template,
+        "template_spec": dict(PROMPT_TEMPLATE[spec.prompt_template]),  # lets chat run without XTuner
         "system": spec.system,
         "method": spec.method,
         "checkpoint": checkpoint.name,

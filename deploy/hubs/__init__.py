@@ -1,0 +1,1 @@
+"""One module per hub behind one small interface (see base.py)."""

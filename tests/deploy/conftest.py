@@ -1,0 +1,39 @@
+"""Fixtures for the hub tests: a fake Hugging Face Hub on 127.0.0.1 (see hf_server.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_server import HubServer
+
+ALICE_TOKEN = "hf_aliceWRITEtoken0123456789abcdefXYZ"
+ALICE_READ_TOKEN = "hf_aliceREADtoken0123456789abcdefXYZ"
+BOB_TOKEN = "hf_bobWRITEtoken0123456789abcdefXYZ"
+
+
+@pytest.fixture
+def hf_server():
+    """A fresh fake hub per test: users alice (member of org 'tuners') and bob, no repositories."""
+    server = HubServer()
+    server.add_user("alice", ALICE_TOKEN, orgs=("tuners",))
+    server.add_user("alice", ALICE_READ_TOKEN, orgs=("tuners",), role="read")
+    server.add_user("bob", BOB_TOKEN)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_real_hub(monkeypatch, tmp_path):
+    """Keep huggingface_hub away from huggingface.co and from any token saved on this machine."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # closed port: fails fast
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no_stored_tokens"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
