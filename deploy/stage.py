@@ -135,7 +135,7 @@ def stage_app(out_dir: Path, model_repo: str = "", hub: str = "hf", title: str =
         shutil.copyfile(SPACE_TEMPLATE / name, out_dir / name)
     settings = f'MODEL_REPO = "{model_repo}"\nMODEL_KIND = "{model_kind}"\nHUB = "{hub}"\nTITLE = "{title}"\n'
     (out_dir / "space_settings.py").write_text(settings, encoding="utf-8")
-    extra = {"modelscope": "modelscope==1.40.2\n", "openxlab": "openxlab==0.0.11\n"}.get(hub, "")
+    extra = {"modelscope": "modelscope==1.40.2\n", "openxlab": "openxlab==0.0.11\noss2==2.19.1\n"}.get(hub, "")
     with (out_dir / "requirements.txt").open("a", encoding="utf-8") as handle:
         handle.write(extra)  # the hub's own client downloads the model at start
     tuner_src = Path(__file__).resolve().parent.parent / "tuner"

@@ -25,7 +25,7 @@ class ConversionError(Exception):
 
 
 def _run_xtuner(arguments: list[str], log_path: Path) -> None:
-    from tuner.supervisor import tool_environment, xtuner_command
+    from tuner.xtuner_cli import tool_environment, xtuner_command
 
     command = [*xtuner_command(), "convert", *arguments]
     with log_path.open("a", encoding="utf-8") as log:

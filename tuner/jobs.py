@@ -84,7 +84,7 @@ class JobStatus:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _now() -> str:
+def now_iso() -> str:
     return dt.datetime.now().isoformat(timespec="seconds")
 
 
@@ -130,7 +130,7 @@ class Job:
         if status.state in (JobState.RUNNING, JobState.CONVERTING):
             supervisor = process_alive(status.supervisor_pid, status.supervisor_started)
             if not supervisor and not job_processes(self.dir):
-                status = self._record_outcome(status, supervisor_lost=True)
+                status = self.record_outcome(status, supervisor_lost=True)
         return status
 
     def progress(self) -> Progress:
@@ -164,15 +164,16 @@ class Job:
         return "\n".join(text.splitlines()[-lines:])
 
     # outcome -------------------------------------------------------------------------------------
-    def _record_outcome(self, status: JobStatus, supervisor_lost: bool = False) -> JobStatus:
+    def record_outcome(self, status: JobStatus, supervisor_lost: bool = False) -> JobStatus:
         progress = self.progress()
-        status.ended = _now()
+        status.ended = now_iso()
         if self._cancel_marker.exists():
             status.state, status.reason = JobState.CANCELLED, "Cancelled. Resume continues from the last checkpoint."
         elif training_finished(progress, self.checkpoints()):
             if supervisor_lost and not (self.adapter_dir / "adapter_config.json").exists():
                 status.state = JobState.FAILED
-                status.reason = "Training finished but the adapter was not converted (the app stopped). Run convert."
+                status.reason = (f"Training finished but the adapter was not converted ({self._supervisor_error()})."
+                                 f" Run: python -m tuner convert {self.id}")
             else:
                 status.state, status.reason = JobState.SUCCEEDED, ""
         elif supervisor_lost and not status.train_pgid:
@@ -292,7 +293,7 @@ def create_job(spec: TrainSpec, name: str = "") -> Job:
     job.config_path.write_text(
         render_config(job_spec, "config.py", model_path=model_path, iters_per_epoch=iters), encoding="utf-8"
     )
-    job.write_status(JobStatus(created=_now()))
+    job.write_status(JobStatus(created=now_iso()))
     return job
 
 
@@ -317,7 +318,7 @@ def start_job(job: Job, resume: bool = False, merge_after: bool = False) -> JobS
 
     status.state, status.reason, status.ended, status.train_pgid = JobState.RUNNING, "", "", 0
     status.merge_after = merge_after or status.merge_after
-    status.started = status.started or _now()
+    status.started = status.started or now_iso()
     status.supervisor_pid = process.pid
     status.supervisor_started = psutil.Process(process.pid).create_time()
     job.write_status(status)  # the supervisor waits for this before it writes the status itself
@@ -336,7 +337,7 @@ def cancel_job(job: Job, grace_seconds: float = 10.0) -> JobStatus:
     status = job.status()
     if status.state.finished:
         return status
-    job._cancel_marker.write_text(_now(), encoding="utf-8")
+    job._cancel_marker.write_text(now_iso(), encoding="utf-8")
     stop_job_processes(job.dir, grace_seconds)
     deadline = time.time() + grace_seconds
     while time.time() < deadline:
@@ -346,7 +347,7 @@ def cancel_job(job: Job, grace_seconds: float = 10.0) -> JobStatus:
         time.sleep(0.2)
     status = job.read_status()
     if not status.state.finished:
-        status = job._record_outcome(status)
+        status = job.record_outcome(status)
     return status
 
 

@@ -14,36 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from tuner import paths
-from tuner.jobs import Job, JobState, JobStatus, _now
-from tuner.processes import JOB_ENV, stop_job_processes
+from tuner.jobs import Job, JobState, JobStatus, now_iso
 from tuner.launch import shell_command, train_command
-from tuner.xtuner_compat import patched_environment
-
-
-def tool_environment() -> dict[str, str]:
-    env = patched_environment()
-    # `xtuner` starts its tools as "python" (and "torchrun") from PATH: make that ours.
-    shim = paths.cache() / "bin"
-    shim.mkdir(parents=True, exist_ok=True)
-    launcher = shim / "python"
-    script = f'#!/bin/sh\nexec "{sys.executable}" "$@"\n'  # not a link: a venv is found from the path run
-    if launcher.is_symlink() or not launcher.exists() or launcher.read_bytes() != script.encode():
-        launcher.unlink(missing_ok=True)
-        launcher.write_text(script)
-        launcher.chmod(0o755)
-    env["PATH"] = os.pathsep.join([str(shim), str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def xtuner_command() -> list[str]:
-    """How to start the ``xtuner`` command line of the Python that runs us."""
-    script = Path(sys.executable).parent / "xtuner"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from xtuner import cli; sys.argv[0] = 'xtuner'; sys.exit(cli())"]
+from tuner.processes import JOB_ENV, stop_job_processes
+from tuner.xtuner_cli import tool_environment, xtuner_command
 
 
 def supervise(job: Job, resume: bool) -> JobStatus:
@@ -61,7 +35,7 @@ def supervise(job: Job, resume: bool) -> JobStatus:
     env[JOB_ENV] = str(job.dir)
     job.work_dir.mkdir(exist_ok=True)
     with job.log_path.open("a", encoding="utf-8") as log:
-        log.write(f"\n==== tuner: attempt {status.attempts + 1} at {_now()}: {shell_command(command, extra_env)}\n")
+        log.write(f"\n==== tuner: attempt {status.attempts + 1} at {now_iso()}: {shell_command(command, extra_env)}\n")
         log.flush()
         process = subprocess.Popen(command, env=env, cwd=job.dir, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
@@ -72,7 +46,7 @@ def supervise(job: Job, resume: bool) -> JobStatus:
     signal.signal(signal.SIGTERM, lambda *_: stop_job_processes(job.dir, 5.0))
     process.wait()
     stop_job_processes(job.dir, 5.0)  # no rank outlives the launcher
-    status = job._record_outcome(job.read_status())
+    status = job.record_outcome(job.read_status())
     if status.state == JobState.SUCCEEDED:
         status = _convert_after_training(job, status)
     return status
@@ -90,7 +64,7 @@ def _convert_after_training(job: Job, status: JobStatus) -> JobStatus:
         status.state = JobState.SUCCEEDED
     except ConversionError as error:
         status.state, status.reason = JobState.FAILED, str(error)
-    status.ended = _now()
+    status.ended = now_iso()
     job.write_status(status)
     return status
 

@@ -7,8 +7,6 @@ never put in any message (anything that looks like it is replaced by ``***``).
 from __future__ import annotations
 
 import re
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 from .base import PublishError, PushResult
@@ -21,8 +19,6 @@ _QUOTA_WORDS = ("quota", "storage limit", "insufficient storage", "rate limit", 
 _GATEWAY_STATUS = (502, 503, 504)
 _TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
-# Same paths upload_folder leaves out by default (huggingface_hub.constants.DEFAULT_IGNORE_PATTERNS).
-_SKIPPED_PREFIXES = (".git/", ".cache/huggingface/")
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -74,29 +70,11 @@ def _is_network_error(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError))
 
 
-_ENDPOINT_LOCK = threading.Lock()
-
-
-@contextmanager
-def _client_endpoint(endpoint: str):
-    """Point ``huggingface_hub.constants.ENDPOINT`` at ``endpoint`` for the duration of a push.
-
-    huggingface_hub 0.36 parses the ``commitUrl`` the hub answers with ``RepoUrl(...)`` *without*
-    the ``HfApi`` endpoint (``CommitInfo.__post_init__``), i.e. against ``constants.ENDPOINT``, so a
-    successful commit to any other endpoint ends in "Unable to retrieve user and repo ID".
-    """
-    from huggingface_hub import constants
-
-    if constants.ENDPOINT.rstrip("/") == endpoint:
-        yield
-        return
-    with _ENDPOINT_LOCK:
-        previous = constants.ENDPOINT
-        constants.ENDPOINT = endpoint
-        try:
-            yield
-        finally:
-            constants.ENDPOINT = previous
+# huggingface_hub 0.36 parses the ``commitUrl`` the hub answers with ``RepoUrl(...)`` without the
+# ``HfApi`` endpoint (``CommitInfo.__post_init__``), i.e. against ``constants.ENDPOINT``: after a
+# successful commit to any other endpoint (a mirror, a self-hosted hub, the tests' fake) it raises
+# this, so the commit id is then read back from the repository instead.
+_COMMIT_URL_PARSE_ERROR = "Unable to retrieve user and repo ID from the passed HF ID"
 
 
 def _hub_url(endpoint: str, repo_type: str, repo_id: str) -> str:
@@ -143,17 +121,29 @@ class HuggingFaceHub:
         files = self._local_files(folder)
         step = "creating the repository"
         try:
-            api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True,
-                            space_sdk="gradio" if repo_type == "space" else None, token=token)
+            try:
+                api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True,
+                                space_sdk="gradio" if repo_type == "space" else None, token=token)
+            except ValueError as exc:
+                # create was refused (403) but the repository exists and is visible; the client then
+                # builds its URL against ``constants.ENDPOINT`` (see above). Whether we may write to
+                # it shows at the upload.
+                if _COMMIT_URL_PARSE_ERROR not in str(exc):
+                    raise
             step = "uploading"
-            with _client_endpoint(self.endpoint):
-                info = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type=repo_type,
-                                         commit_message=commit_message, token=token)
+            try:
+                commit = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type=repo_type,
+                                           commit_message=commit_message, token=token).oid
+            except ValueError as exc:
+                if _COMMIT_URL_PARSE_ERROR not in str(exc):
+                    raise
+                step = "reading the new commit back"
+                commit = api.repo_info(repo_id, repo_type=repo_type, token=token).sha
         except Exception as exc:
             # ``from None``: the client's own exception chain stays out of the traceback.
             raise self._translate(exc, token, step, repo_id) from None
         return PushResult(url=_hub_url(self.endpoint, repo_type, repo_id), repo_id=repo_id,
-                          commit=getattr(info, "oid", "") or "", files=files)
+                          commit=commit or "", files=files)
 
     # ----- internals ----------------------------------------------------------------------
     def _api(self, token: str):
@@ -163,13 +153,12 @@ class HuggingFaceHub:
 
     @staticmethod
     def _local_files(folder: Path) -> list[str]:
-        out = []
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                rel = p.relative_to(folder).as_posix()
-                if not rel.startswith(_SKIPPED_PREFIXES) and "/.git/" not in f"/{rel}":
-                    out.append(rel)
-        return out
+        """The paths ``upload_folder`` sends: every file but those it ignores by default (.git ...)."""
+        from huggingface_hub.utils import filter_repo_objects
+        from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+
+        paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        return list(filter_repo_objects(paths, ignore_patterns=DEFAULT_IGNORE_PATTERNS))
 
     def _owns_namespace(self, token: str, namespace: str) -> bool | None:
         """True/False when the token's account is/is not ``namespace`` or one of its orgs; None if unknown."""
@@ -200,16 +189,18 @@ class HuggingFaceHub:
                 return PublishError("quota", detail)
             if status == 401:
                 return PublishError("bad_token", detail)
-            if status == 403:
+            if status in (403, 404):
+                # Refused or invisible: someone else's namespace means the name is taken; in our own
+                # namespace a 403 means the token may not write, a 404 that the repo is not there.
                 namespace = repo_id.split("/")[0] if repo_id and "/" in repo_id else None
                 if namespace and self._owns_namespace(token, namespace) is False:
                     return PublishError("name_taken", f"{detail} ({namespace!r} is not your account or one of "
                                                       "your organisations)")
+                if status == 404:
+                    return PublishError("not_found", detail)
                 return PublishError("bad_token", f"{detail} (does the token have write access?)")
             if status == 409 and step == "creating the repository":
                 return PublishError("name_taken", detail)
-            if status == 404:
-                return PublishError("not_found", detail)
             if status in _GATEWAY_STATUS:
                 return PublishError("network", detail)
             return PublishError("other", detail)

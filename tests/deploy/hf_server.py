@@ -81,7 +81,7 @@ class Commit:
     message: str
     description: str
     author: str
-    files: list[StoredFile]  # what this commit added or changed
+    files: list[StoredFile]  # what this commit added or changed (vs. its parent)
     deleted: list[str]
     tree: dict[str, StoredFile]  # full snapshot after the commit
     date: str = field(default_factory=_now)
@@ -121,6 +121,10 @@ class Logged:
     headers: dict[str, str]
     body: bytes
     dropped: bool = False
+
+    def header(self, name: str, default: str = "") -> str:
+        """A request header, whatever the case the client wrote its name in."""
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), default)
 
 
 class _HTTPError(Exception):
@@ -603,9 +607,12 @@ class _Handler(BaseHTTPRequestHandler):
             for p in deleted:
                 for k in [k for k in tree if k == p or k.startswith(p.rstrip("/") + "/")]:
                     del tree[k]
+            # Like git: a commit records only what differs from its parent (the client sends
+            # every file of the folder once anything changed).
+            changed = [f for f in added if f.path not in tree or tree[f.path].data != f.data]
             tree.update({f.path: f for f in added})
             commit = Commit(self.hub._new_oid(), header["summary"], header.get("description", ""), user.name,
-                            added, deleted, tree)
+                            changed, deleted, tree)
             repo.commits.append(commit)
         url = f"{self._base()}/{URL_PREFIX[repo_type]}{repo_id}/commit/{commit.oid}"
         self._json(200, {"success": True, "commitOid": commit.oid, "commitUrl": url, "pullRequestUrl": None})

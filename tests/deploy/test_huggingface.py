@@ -27,6 +27,34 @@ A LoRA adapter trained with tuner.
 """
 
 
+@pytest.fixture(autouse=True)
+def _no_real_hub(monkeypatch, tmp_path):
+    """Keep huggingface_hub away from huggingface.co and from any token saved on this machine."""
+    from huggingface_hub import constants, file_download
+
+    # Only loopback names resolve during these tests: nothing can reach huggingface.co.
+    real_getaddrinfo = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise socket.gaierror(socket.EAI_NONAME, f"tests may not resolve {host}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+    # The client's default endpoint: a closed port (both copies of it, kept consistent).
+    closed = "http://127.0.0.1:9"
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    template = closed + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no_stored_tokens"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+
+
 def _png(size: int = 4096) -> bytes:
     # A PNG signature + IHDR header, then noise: binary (NUL bytes) like a real loss plot.
     return (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00\x00\x00\x00\xc8\x08\x06\x00\x00\x00"
@@ -93,6 +121,20 @@ def test_push_to_own_org(hf_server, adapter_dir):
     assert result.url.endswith("/tuners/shared")
 
 
+def test_nested_files_and_git_folder(hf_server, adapter_dir, tmp_path):
+    (adapter_dir / "checkpoints" / "step-10").mkdir(parents=True)
+    (adapter_dir / "checkpoints" / "step-10" / "adapter_config.json").write_text('{"r": 8}')
+    (adapter_dir / ".git").mkdir()
+    (adapter_dir / ".git" / "config").write_text("[core]\n")
+    result = HuggingFaceHub(endpoint=hf_server.url).push_folder(adapter_dir, "alice/nested", token=ALICE_TOKEN)
+    assert "checkpoints/step-10/adapter_config.json" in result.files
+    assert not any(".git/" in f for f in result.files)
+    api = HfApi(endpoint=hf_server.url, token=ALICE_TOKEN)
+    assert sorted(api.list_repo_files("alice/nested")) == sorted([".gitattributes", *result.files])
+    top = {e.path for e in api.list_repo_tree("alice/nested")}
+    assert "checkpoints" in top and "checkpoints/step-10/adapter_config.json" not in top
+
+
 def test_second_push_makes_second_commit(hf_server, adapter_dir):
     hub = HuggingFaceHub(endpoint=hf_server.url)
     first = hub.push_folder(adapter_dir, "alice/my-adapter", token=ALICE_TOKEN, commit_message="v1")
@@ -152,7 +194,7 @@ def test_token_never_in_bodies_or_files(hf_server, adapter_dir):
     secret = ALICE_TOKEN.encode()
     assert hf_server.requests
     # The token travels in the Authorization header (so the check below means something) ...
-    assert any(secret in r.headers.get("Authorization", "").encode() for r in hf_server.requests)
+    assert any(ALICE_TOKEN in r.header("Authorization") for r in hf_server.requests)
     # ... and nowhere else: not in any request path or body, not in any stored file.
     for r in hf_server.requests:
         assert secret not in r.body, r.path
@@ -235,6 +277,15 @@ def test_dropped_connection(hf_server, adapter_dir, path):
     assert any(r.dropped for r in hf_server.requests)
     _assert_clean(e.value, ALICE_TOKEN)
     assert len(str(e.value)) < 300
+
+
+def test_dropped_lfs_upload_is_retried_by_the_client(hf_server, adapter_dir):
+    # huggingface_hub retries the LFS PUT (http_backoff, 1 s wait): one dropped upload is survived.
+    hf_server.drop_next(1, path_contains="/__lfs/upload/")
+    HuggingFaceHub(endpoint=hf_server.url).push_folder(adapter_dir, "alice/x", token=ALICE_TOKEN)
+    assert any(r.dropped for r in hf_server.requests)
+    repo = hf_server.repo("alice/x")
+    assert repo.files["adapter_model.safetensors"].data == (adapter_dir / "adapter_model.safetensors").read_bytes()
 
 
 def test_hub_unreachable(adapter_dir):

@@ -1,6 +1,7 @@
 """What would be pushed, built from a real finished job (a short `xtuner train` on the embedded model)."""
 
 import ast
+import os
 import json
 import subprocess
 import sys
@@ -98,3 +99,28 @@ def test_dry_run_app_bundle_with_no_job_is_a_valid_space(tmp_path):
             name, version = line.split("==")
             assert pins.get(name) == version, f"{name} in the Space differs from the tested set"
     assert not (out / "tuner" / "jobs.py").exists()  # chat only: no training code in the Space
+
+
+def test_one_command_publishes_the_adapter_with_its_card_to_the_hub(finished_job, hf_server, tmp_path):
+    from conftest import ALICE_TOKEN
+
+    env = {**os.environ, "HF_TOKEN": ALICE_TOKEN}
+    run = subprocess.run([sys.executable, "-m", "deploy", "adapter", "--to", "hf", "--job", finished_job.id,
+                          "--repo", "alice/carol-assistant", "--private", "--endpoint", hf_server.url],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith(f"{hf_server.url}/alice/carol-assistant")
+    repo = hf_server.repo("alice/carol-assistant")
+    staged = stage("adapter", tmp_path / "expected", "alice/carol-assistant", finished_job)
+    expected = {p.name: p.read_bytes() for p in staged.iterdir()}
+    assert repo.private and {path: f.data for path, f in repo.files.items()} == {**expected,
+                                                                                  **_gitattributes(repo)}
+    assert repo.head.message == "Upload adapter from tuner"
+    assert all(ALICE_TOKEN.encode() not in f.data for f in repo.files.values())
+    assert ALICE_TOKEN not in run.stdout + run.stderr
+    assert not any(ALICE_TOKEN in p.read_text(errors="ignore") for p in finished_job.dir.rglob("*")
+                   if p.is_file() and p.stat().st_size < 5_000_000)
+
+
+def _gitattributes(repo):
+    return {path: f.data for path, f in repo.files.items() if path == ".gitattributes"}
