@@ -45,7 +45,9 @@ def main() -> int:
     from tuner import paths
     from tuner.models import EMBEDDED_MODEL, embedded_model_dir
     from tuner.spec import spec_for_model
+    from tuner.xtuner_compat import quiet_known_noise
 
+    quiet_known_noise()
     rows: list[tuple[str, float, str]] = []
     cached = (paths.cache() / "models" / "SmolLM2-135M-Instruct" / "tuner-converted.json").exists()
     _timed(rows, "model: GGUF -> HF folder", embedded_model_dir, "cached" if cached else "converted now")
