@@ -25,6 +25,7 @@ class GenerationSettings:
     top_p: float = 0.9
     top_k: int = 40
     repetition_penalty: float = 1.0  # as `xtuner chat`; small models answer worse with a penalty
+    min_new_tokens: int = 0
 
 
 @dataclass
@@ -144,6 +145,7 @@ def stream_reply(chat: ChatModel, message: str, history: list[tuple[str, str]] |
     streamer = TextIteratorStreamer(chat.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
     sampling = settings.temperature > 0
     kwargs = dict(**inputs, streamer=streamer, max_new_tokens=settings.max_new_tokens, do_sample=sampling,
+                  min_new_tokens=settings.min_new_tokens,
                   repetition_penalty=settings.repetition_penalty, eos_token_id=_stop_ids(chat),
                   pad_token_id=chat.tokenizer.pad_token_id or chat.tokenizer.eos_token_id)
     if sampling:

@@ -6,9 +6,7 @@ import pytest
 
 from hf_server import HubServer
 
-ALICE_TOKEN = "hf_aliceWRITEtoken0123456789abcdefXYZ"
-ALICE_READ_TOKEN = "hf_aliceREADtoken0123456789abcdefXYZ"
-BOB_TOKEN = "hf_bobWRITEtoken0123456789abcdefXYZ"
+from hub_accounts import ALICE_READ_TOKEN, ALICE_TOKEN, BOB_TOKEN
 
 
 @pytest.fixture

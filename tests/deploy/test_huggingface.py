@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import ALICE_READ_TOKEN, ALICE_TOKEN, BOB_TOKEN
+from hub_accounts import ALICE_READ_TOKEN, ALICE_TOKEN, BOB_TOKEN
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
 from deploy.hubs.base import PublishError, PushResult

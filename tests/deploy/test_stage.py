@@ -102,7 +102,7 @@ def test_dry_run_app_bundle_with_no_job_is_a_valid_space(tmp_path):
 
 
 def test_one_command_publishes_the_adapter_with_its_card_to_the_hub(finished_job, hf_server, tmp_path):
-    from conftest import ALICE_TOKEN
+    from hub_accounts import ALICE_TOKEN
 
     env = {**os.environ, "HF_TOKEN": ALICE_TOKEN}
     run = subprocess.run([sys.executable, "-m", "deploy", "adapter", "--to", "hf", "--job", finished_job.id,
