@@ -44,7 +44,10 @@ def measure(kind: str, model_dir: Path, adapter: Path | None, four_bit: bool) ->
     label = f"{'merged' if kind == 'merged' else 'base + adapter'}, {'4-bit' if four_bit else 'bf16'}"
     settings = GenerationSettings(max_new_tokens=NEW, min_new_tokens=NEW)
     rows = []
-    for _ in range(2):  # the first round warms up kernels; the second is reported
+    warm = GenerationSettings(max_new_tokens=8, min_new_tokens=8)
+    for _ in stream_reply(chat, "Hello", settings=warm):  # warms up kernels and allocator
+        pass
+    for _ in range(1):
         start = time.perf_counter()
         first = None
         for text in stream_reply(chat, "Tell me about yourself.", settings=settings):
@@ -53,7 +56,7 @@ def measure(kind: str, model_dir: Path, adapter: Path | None, four_bit: bool) ->
         total = time.perf_counter() - start
     rows.append((label, "app chat engine", first, (NEW - 1) / (total - first)))
     inputs = chat.tokenizer("Tell me about yourself.", return_tensors="pt").to("cuda")
-    for _ in range(2):
+    for _ in range(1):
         torch.cuda.synchronize()
         start = time.perf_counter()
         chat.model.generate(**inputs, max_new_tokens=1, min_new_tokens=1, do_sample=False)

@@ -44,3 +44,16 @@ class HubClient(Protocol):
                     repo_type: str = "model", commit_message: str = "Upload from tuner") -> PushResult:
         """Create the repository if needed (public or private) and upload every file of ``folder``."""
         ...
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a requests/urllib3/oss2 chain, for a short network message."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = next((a for a in reversed(getattr(exc, "args", ())) if isinstance(a, BaseException)), None)
+        inner = inner or getattr(exc, "reason", None) or exc.__cause__ or exc.__context__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return exc

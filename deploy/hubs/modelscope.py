@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import PublishError, PushResult
+from .base import PublishError, PushResult, root_cause
 
 DEFAULT_ENDPOINT = "https://modelscope.cn"
 VISIBILITY_PUBLIC = 5  # modelscope_hub.constants.Visibility.PUBLIC
@@ -40,19 +40,6 @@ def _scrub(text: str, token: str | None) -> str:
 def _one_line(text: str, limit: int = 240) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of a requests/urllib3 chain, for a short network message."""
-    seen: set[int] = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = next((a for a in reversed(getattr(exc, "args", ())) if isinstance(a, BaseException)), None)
-        inner = inner or getattr(exc, "reason", None) or exc.__cause__ or exc.__context__
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
-    return exc
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:
@@ -223,7 +210,7 @@ class ModelScopeHub:
 
         if isinstance(exc, (e.NetworkError, requests.ConnectionError, requests.Timeout, ConnectionError,
                             TimeoutError)):
-            root = _root_cause(exc)
+            root = root_cause(exc)
             why = f"{type(root).__name__}: {root}" if root is not exc else message
             return PublishError("network", _one_line(_scrub(f"{where}: the connection failed ({why})", token)))
         if isinstance(exc, e.AuthenticationError):

@@ -29,7 +29,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .base import PublishError, PushResult
+from .base import PublishError, PushResult, root_cause
 
 DEFAULT_ENDPOINT = "https://openapi.openxlab.org.cn"  # openxlab.model.common.constants.model_openapi_url_prefix_prod
 DEFAULT_WEB = "https://openxlab.org.cn"
@@ -188,7 +188,7 @@ class OpenXLabHub:
 
         if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)) or (
                 oss_exc is not None and isinstance(exc, oss_exc.RequestError)):
-            root = _root_cause(exc)
+            root = root_cause(exc)
             return PublishError("network", scrub(f"{where}: the connection failed ({type(root).__name__}: {root})"))
         if isinstance(exc, requests.HTTPError):
             status = getattr(exc.response, "status_code", None)
@@ -216,19 +216,6 @@ class OpenXLabHub:
             kind = "bad_token" if step == "signing in" else (_kind_from_words(message) or "other")
             return PublishError(kind, scrub(f"{where}: {text}" if text.strip() else f"{where}: refused"))
         return PublishError("other", scrub(f"{where}: {type(exc).__name__}: {exc}"))
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of a requests/urllib3/oss2 chain, for a short network message."""
-    seen: set[int] = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = next((a for a in reversed(getattr(exc, "args", ())) if isinstance(a, BaseException)), None)
-        inner = inner or getattr(exc, "reason", None) or exc.__cause__ or exc.__context__
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
-    return exc
 
 
 def _kind_from_words(message: str) -> str | None:
