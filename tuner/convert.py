@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from tuner.models import resolve_model
-from tuner.progress import _ERROR_LINE
+from tuner.progress import read_progress
 
 ADAPTER_INFO = "tuner_adapter.json"
 MODEL_INFO = "tuner_model.json"
@@ -37,11 +37,7 @@ def _run_xtuner(arguments: list[str], log_path: Path) -> None:
 
 
 def _last_error(log_path: Path) -> str:
-    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines() if log_path.exists() else []
-    for line in reversed(lines):
-        if _ERROR_LINE.match(line.strip()) and not line.startswith((" ", "\t")):
-            return line.strip()
-    return "no error message; see the log"
+    return read_progress(log_path).last_error or "no error message; see the log"
 
 
 def pth_to_hf(config: Path, checkpoint: Path, out_dir: Path, log_path: Path) -> Path:

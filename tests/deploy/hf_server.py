@@ -33,6 +33,8 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from loopback import serve, shut
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
@@ -183,18 +185,12 @@ class HubServer:
     # ----- life cycle ---------------------------------------------------------------------
     def start(self) -> "HubServer":
         handler = type("Handler", (_Handler,), {"hub": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-        self._thread.start()
+        self._httpd, self._thread = serve(handler)
         return self
 
     def stop(self) -> None:
         if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join(timeout=5)
+            shut(self._httpd, self._thread)
             self._httpd = None
 
     @property
