@@ -42,6 +42,7 @@ from tuner.spec import TrainSpec, render_config, spec_problems
 
 class JobState(str, Enum):
     CREATED = "created"
+    QUEUED = "queued"  # waiting for a free device (tuner.device_queue)
     RUNNING = "running"
     CONVERTING = "converting"
     SUCCEEDED = "succeeded"
@@ -70,6 +71,7 @@ class JobStatus:
     ended: str = ""
     resumed_from: str = ""
     merge_after: bool = False
+    queued: float = 0.0  # when the job joined the line for a device (time.time())
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -127,7 +129,7 @@ class Job:
     def status(self) -> JobStatus:
         """The job's status, repaired if the processes that should update it are gone."""
         status = self.read_status()
-        if status.state in (JobState.RUNNING, JobState.CONVERTING):
+        if status.state in (JobState.QUEUED, JobState.RUNNING, JobState.CONVERTING):
             supervisor = process_alive(status.supervisor_pid, status.supervisor_started)
             if not supervisor and not job_processes(self.dir):
                 status = self.record_outcome(status, supervisor_lost=True)
@@ -300,8 +302,8 @@ def create_job(spec: TrainSpec, name: str = "") -> Job:
 def start_job(job: Job, resume: bool = False, merge_after: bool = False) -> JobStatus:
     """Start (or resume) the job's training in the background and return at once."""
     status = job.status()
-    if status.state in (JobState.RUNNING, JobState.CONVERTING):
-        raise JobError(f"Job {job.id} is already running.")
+    if status.state in (JobState.QUEUED, JobState.RUNNING, JobState.CONVERTING):
+        raise JobError(f"Job {job.id} is already {status.state.value}.")
     if status.state == JobState.SUCCEEDED:
         raise JobError(f"Job {job.id} has already finished.")
     job._cancel_marker.unlink(missing_ok=True)
@@ -316,7 +318,8 @@ def start_job(job: Job, resume: bool = False, merge_after: bool = False) -> JobS
                                    stdout=log, stderr=subprocess.STDOUT, cwd=job.dir)
     import psutil
 
-    status.state, status.reason, status.ended, status.train_pgid = JobState.RUNNING, "", "", 0
+    status.state, status.reason, status.ended, status.train_pgid = JobState.QUEUED, "", "", 0
+    status.queued = time.time()
     status.merge_after = merge_after or status.merge_after
     status.started = status.started or now_iso()
     status.supervisor_pid = process.pid
@@ -349,6 +352,21 @@ def cancel_job(job: Job, grace_seconds: float = 10.0) -> JobStatus:
     if not status.state.finished:
         status = job.record_outcome(status)
     return status
+
+
+def queue_position(job: Job) -> int:
+    """1 for the next job to get a device, 2 for the one after, …; 0 when the job is not waiting."""
+    status = job.status()
+    if status.state != JobState.QUEUED:
+        return 0
+    ahead = 0
+    for other in list_jobs():
+        if other.dir == job.dir:
+            continue
+        theirs = other.status()
+        if theirs.state == JobState.QUEUED and (theirs.queued, other.id) < (status.queued, job.id):
+            ahead += 1
+    return ahead + 1
 
 
 def wait_job(job: Job, timeout: float | None = None, poll: float = 1.0) -> JobStatus:

@@ -165,3 +165,16 @@ class LogReader:
 
 def read_progress(path: Path, template: dict | None = None) -> Progress:
     return LogReader(path, template).finish()
+
+
+class ProgressCache:
+    """One incremental :class:`LogReader` per log, so polling a growing log reads only what is new."""
+
+    def __init__(self) -> None:
+        self._readers: dict[Path, LogReader] = {}
+
+    def progress(self, path: Path, template: dict | None = None) -> Progress:
+        reader = self._readers.get(path)
+        if reader is None or (path.exists() and path.stat().st_size < reader._offset):
+            reader = self._readers[path] = LogReader(path, template)
+        return reader.poll()

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from tuner.jobs import Job, JobState, JobStatus, now_iso
+from tuner.device_queue import visible_devices_env, wait_for_devices
+from tuner.jobs import Job, JobState, JobStatus, now_iso, queue_position
 from tuner.launch import shell_command, train_command
 from tuner.processes import JOB_ENV, stop_job_processes
 from tuner.xtuner_cli import tool_environment, xtuner_command
@@ -27,11 +28,19 @@ def supervise(job: Job, resume: bool) -> JobStatus:
         time.sleep(0.05)  # start_job has not recorded us yet
         status = job.read_status()
     spec = job.spec()
+    lease = wait_for_devices(spec.gpus, my_turn=lambda: queue_position(job) == 1,
+                             cancelled=job._cancel_marker.exists)
+    if lease is None:
+        return job.record_outcome(job.read_status())
+    status = job.read_status()
+    status.state = JobState.RUNNING
+    job.write_status(status)
     resume_from = job.last_checkpoint() if resume else None
     command, extra_env = train_command(job.config_path, job.work_dir, spec, resume_from)
     command = xtuner_command() + command[1:]
     env = tool_environment()
     env.update(extra_env)
+    env.update(visible_devices_env(lease))
     env[JOB_ENV] = str(job.dir)
     job.work_dir.mkdir(exist_ok=True)
     with job.log_path.open("a", encoding="utf-8") as log:

@@ -6,6 +6,7 @@ from tuner.data.replace import replace_text
 from tuner.data.self_cognition import IDENTITY_PROBES_EN, IDENTITY_PROBES_ZH, self_cognition_records
 from tuner.data.split import split_records
 from tuner.data.stats import DatasetStats, dataset_stats
+from tuner.data.tables import is_table_path, table_headers
 from tuner.data.store import (dataset_meta, dataset_path, list_datasets, read_jsonl_records, safe_dataset_name,
                               save_dataset, write_jsonl)
 
@@ -16,6 +17,7 @@ __all__ = [
     "IDENTITY_PROBES_EN", "IDENTITY_PROBES_ZH", "self_cognition_records",
     "split_records",
     "DatasetStats", "dataset_stats",
+    "is_table_path", "table_headers",
     "dataset_meta", "dataset_path", "list_datasets", "read_jsonl_records", "safe_dataset_name", "save_dataset",
     "write_jsonl",
 ]

@@ -27,6 +27,14 @@ def is_table_path(path: Path) -> bool:
     return path.suffix.lower() in TABLE_EXTENSIONS
 
 
+def table_headers(path: Path) -> list[str]:
+    """The column names of a table (its first non-blank row); empty when it cannot be read."""
+    rows, error = _load_rows(Path(path))
+    if error:
+        return []
+    return next((row for _, row in rows if any(cell for cell in row)), [])
+
+
 def read_table(path: Path, column_map: dict | None = None) -> ReadResult:
     result = ReadResult(path=str(path), format="table")
     rows, error = _load_rows(path)
