@@ -115,7 +115,7 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
     with gr.Row():
         base = labels(gr.Textbox, label_key="chat.base_model", placeholder_key="chat.base_model_hint",
                       elem_id="chat-base", scale=3)
-        with labels(gr.Accordion, label_key="chat.adapter_zip", open=False, scale=2):
+        with gr.Column(scale=2), labels(gr.Accordion, label_key="chat.adapter_zip", open=False):
             adapter_zip = labels(gr.File, label_key="chat.adapter_zip", file_types=[".zip"], type="filepath",
                                  height=120)
         with gr.Column(scale=1):

@@ -42,7 +42,10 @@ def preview_frame(records: list[Conversation]) -> pd.DataFrame:
         first = record.turns[0]
         rows.append({"#": len(rows) + 1, "system": first.system, "input": first.input, "output": first.output,
                      "turns": len(record.turns)})
-    return pd.DataFrame(rows, columns=["#", "system", "input", "output", "turns"])
+    columns = ["#", "system", "input", "output", "turns"]
+    if not any(row["system"] for row in rows):
+        columns.remove("system")
+    return pd.DataFrame(rows, columns=columns)
 
 
 def histogram_frame(lengths: list[int]) -> pd.DataFrame:
@@ -157,6 +160,7 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
         with gr.Column(scale=2):
             stats = gr.Markdown(elem_id="data-stats")
             histogram = labels(gr.BarPlot, x="tokens", y="records", label_key="data.histogram", height=260,
+                               x_label_angle=-45, y_lim=[0, None],
                                elem_id="data-histogram")
     labels(gr.Markdown, value_key="data.save_title")
     with gr.Row():

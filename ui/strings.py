@@ -111,7 +111,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "train.jobs_title": ("### Jobs", "### 训练任务"),
     "train.job": ("Job", "任务"),
     "train.cancel": ("⏹ Cancel", "⏹ 取消"),
-    "train.resume": ("⏵ Resume", "⏵ 继续"),
+    "train.resume": ("↺ Resume", "↺ 继续"),
     "train.merge_now": ("Merge", "合并"),
     "train.loss": ("Loss", "损失"),
     "train.samples_title": ("**Answers to the evaluation questions**", "**评测问题的回答**"),

@@ -118,7 +118,7 @@ def preview(lang: str, model: str, template: str, method: str, dataset: str, *va
     config_file = Path(gr.utils.get_upload_folder()) / "tuner-preview" / "config.py"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(config, encoding="utf-8")
-    return text, config, shell_command(command, env), str(config_file)
+    return text, config, shell_command(command, env), str(config_file), gr.update(open=True)
 
 
 def start(lang: str, job_name: str, merge: bool, model: str, template: str, method: str, dataset: str, *values):
@@ -131,15 +131,19 @@ def start(lang: str, job_name: str, merge: bool, model: str, template: str, meth
 def job_choices(lang: str) -> list[tuple[str, str]]:
     choices = []
     for job in list_jobs():
-        state = job.read_status().state.value
-        choices.append((f"{job.id} · {t('state.' + state, lang)}", job.id))
+        choices.append((job.id, job.id))  # the state is in the status line, which follows it live
     return choices
 
 
 def refresh_jobs(lang: str, selected: str | None):
+    """The job list, keeping the selection; with none, the running job (or the newest)."""
     choices = job_choices(lang)
     ids = [value for _, value in choices]
-    return gr.update(choices=choices, value=selected if selected in ids else (ids[0] if ids else None))
+    if selected not in ids:
+        active = [job.id for job in list_jobs()
+                  if job.read_status().state in (JobState.RUNNING, JobState.CONVERTING, JobState.QUEUED)]
+        selected = (active or ids or [None])[0]
+    return gr.update(choices=choices, value=selected)
 
 
 def act(lang: str, job_id: str | None, action: str):
@@ -163,6 +167,11 @@ def progress_bar(fraction: float, text: str) -> str:
     percent = max(0.0, min(1.0, fraction)) * 100
     return (f'<div class="tuner-progress" data-percent="{percent:.0f}"><div class="tuner-progress-fill" '
             f'style="width:{percent:.1f}%"></div></div><div class="tuner-progress-text">{html.escape(text)}</div>')
+
+
+def _quote(text: str) -> str:
+    lines = html.escape(text).strip().splitlines() or ["…"]
+    return "\n".join(f"> {line}" for line in lines)
 
 
 def job_view(lang: str, job_id: str | None):
@@ -193,7 +202,7 @@ def job_view(lang: str, job_id: str | None):
         bar = progress_bar(0, waiting)
     losses = pd.DataFrame(progress.losses(), columns=["iteration", "loss"])
     samples = "\n\n".join(f"**{t('train.after', lang, n=s.after_iteration)}** · {html.escape(s.question)}\n\n"
-                          f"> {html.escape(s.answer) or '…'}" for s in progress.samples[-6:][::-1])
+                          + _quote(s.answer) for s in progress.samples[-6:][::-1])
     buttons = gr.update(value=t("train.resume", lang),
                         interactive=status.state in (JobState.FAILED, JobState.CANCELLED))
     return "\n\n".join(lines), bar, losses, samples or t("train.no_samples", lang), job.log_tail(60), buttons
@@ -231,7 +240,7 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
         preview_button = labels(gr.Button, value_key="train.preview", elem_id="train-preview")
         start_button = labels(gr.Button, value_key="train.start", variant="primary", elem_id="train-start")
     message = gr.Markdown(elem_id="train-message")
-    with labels(gr.Accordion, label_key="train.config_title", open=False):
+    with labels(gr.Accordion, label_key="train.config_title", open=False) as config_section:
         command = labels(gr.Textbox, label_key="train.command", interactive=False, elem_id="train-command")
         config = gr.Code(language="python", interactive=False, elem_id="train-config")
         config_file = labels(gr.File, label_key="train.config_download", interactive=False)
@@ -259,7 +268,7 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
     model.change(model_changed, model, [template, method, *values])
     refresh_data.click(lambda d: gr.update(choices=list_datasets(), value=d or (list_datasets() or [None])[0]),
                        dataset, dataset)
-    preview_button.click(guarded(4, 0)(preview), [lang, *form], [message, config, command, config_file])
+    preview_button.click(guarded(5, 0)(preview), [lang, *form], [message, config, command, config_file, config_section])
     start_button.click(guarded(2, 0)(start), [lang, job_name, merge, *form], [message, job])
     refresh_job_list.click(refresh_jobs, [lang, job], job)
     cancel.click(guarded(2, 0)(lambda lg, j: act(lg, j, "cancel")), [lang, job], [message, job])

@@ -17,4 +17,6 @@ def length_histogram(lengths: list[int], max_bins: int = 16) -> list[tuple[str, 
     counts = [0] * (top // width + 1)
     for length in lengths:
         counts[length // width] += 1
-    return [(f"{i * width}–{(i + 1) * width - 1}", count) for i, count in enumerate(counts)]
+    digits = len(str(len(counts) * width - 1))
+    # zero-padded, so that the labels sort as text in the order of the numbers (plots sort them as text)
+    return [(f"{i * width:0{digits}d}–{(i + 1) * width - 1:0{digits}d}", count) for i, count in enumerate(counts)]
