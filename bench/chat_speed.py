@@ -1,9 +1,13 @@
 """Chat speed on the GPU: time to first token and decode tokens/s at batch 1, 256 new tokens.
 
-    python bench/chat_speed.py [--model-dir /tmp/llama-7b-shape]
+    python bench/chat_speed.py [--tokenizer DIR] [--model-dir /tmp/llama-7b-shape] [--json OUT]
+    python bench/chat_speed.py --cpu     (the embedded default on CPU)
 
 Merged model and base + adapter (PEFT, unmerged), bf16 and 4-bit, through the app's chat engine
-(tuner.chat.stream_reply), against plain `generate` on the same loaded model (the baseline).
+(tuner.chat.stream_reply) with its fast decoding (static KV cache + CUDA graphs, tuner/decode.py, the
+default on CUDA) and without it (its `generate` path, as before), against plain `generate` on the same
+loaded model (the baseline). The generate rows decode --before-tokens tokens (their rate is steady);
+the fast row also says for how many tokens its greedy output equals plain `generate`'s.
 """
 
 from __future__ import annotations
@@ -35,59 +39,126 @@ def make_adapter(model_dir: Path, out: Path) -> Path:
     return out
 
 
-def measure(kind: str, model_dir: Path, adapter: Path | None, four_bit: bool) -> list[tuple]:
+def _time_stream(chat, settings) -> tuple[float, float]:
+    from tuner.chat import stream_reply
+
+    start = time.perf_counter()
+    first = None
+    for text in stream_reply(chat, "Tell me about yourself.", settings=settings):
+        if first is None and text:
+            first = time.perf_counter() - start
+    total = time.perf_counter() - start
+    return first, (settings.max_new_tokens - 1) / (total - first)
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure(kind: str, model_dir: Path | str, adapter: Path | None, four_bit: bool, before_tokens: int,
+            label: str = "") -> list[tuple]:
     import torch
 
     from tuner.chat import GenerationSettings, load_chat_model, stream_reply
 
-    chat = load_chat_model(kind, str(model_dir), adapter, load_in_4bit=four_bit)
-    label = f"{'merged' if kind == 'merged' else 'base + adapter'}, {'4-bit' if four_bit else 'bf16'}"
-    settings = GenerationSettings(max_new_tokens=NEW, min_new_tokens=NEW)
+    started = time.perf_counter()
+    # fast decoding is the default on CUDA only; asked for here on CPU too, to compare
+    chat = load_chat_model(kind, str(model_dir), adapter, load_in_4bit=four_bit, fast_decode=True)
+    load_s = time.perf_counter() - started
+    label = label or f"{'merged' if kind == 'merged' else 'base + adapter'}, {'4-bit' if four_bit else 'bf16'}"
+    print(f"{label}: loaded in {load_s:.1f} s, decoding: {chat.decoding}", flush=True)
     rows = []
     warm = GenerationSettings(max_new_tokens=8, min_new_tokens=8)
     for _ in stream_reply(chat, "Hello", settings=warm):  # warms up kernels and allocator
         pass
-    for _ in range(1):
-        start = time.perf_counter()
-        first = None
-        for text in stream_reply(chat, "Tell me about yourself.", settings=settings):
-            if first is None and text:
-                first = time.perf_counter() - start
-        total = time.perf_counter() - start
-    rows.append((label, "app chat engine", first, (NEW - 1) / (total - first)))
-    inputs = chat.tokenizer("Tell me about yourself.", return_tensors="pt").to("cuda")
-    for _ in range(1):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        chat.model.generate(**inputs, max_new_tokens=1, min_new_tokens=1, do_sample=False)
-        torch.cuda.synchronize()
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        chat.model.generate(**inputs, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)
-        torch.cuda.synchronize()
-        total = time.perf_counter() - start
-    rows.append((label, "plain generate", first, (NEW - 1) / (total - first)))
-    del chat
-    torch.cuda.empty_cache()
+    first, rate = _time_stream(chat, GenerationSettings(max_new_tokens=NEW, min_new_tokens=NEW))
+    rows.append((label, "app, fast decode", first, rate))
+    before = GenerationSettings(max_new_tokens=before_tokens, min_new_tokens=before_tokens, fast_decode=False)
+    first, rate = _time_stream(chat, before)  # the same model through generate: the engine before
+    rows.append((label, "app, generate", first, rate))
+    decoder = chat.decoder
+    inputs = chat.tokenizer("Tell me about yourself.", return_tensors="pt").to(chat.model.device)
+    _sync()
+    start = time.perf_counter()
+    chat.model.generate(**inputs, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+    _sync()
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    reference = chat.model.generate(**inputs, max_new_tokens=before_tokens, min_new_tokens=before_tokens,
+                                    do_sample=False)
+    _sync()
+    total = time.perf_counter() - start
+    rows.append((label, "plain generate", first, (before_tokens - 1) / (total - first)))
+    rows[0] = rows[0] + (chat.decoding,)
+    if decoder is not None:  # greedy agreement: the fast path's tokens against plain generate's
+        from tuner.decode import Sampling
+
+        ids = inputs["input_ids"][0].tolist()
+        fast = list(decoder.decode(ids, Sampling(max_new_tokens=before_tokens, min_new_tokens=before_tokens)))
+        expected = reference[0, len(ids):].tolist()
+        same = next((i for i, (a, b) in enumerate(zip(fast, expected)) if a != b), len(expected))
+        print(f"{label}: greedy tokens equal to plain generate for the first {same} of {len(expected)}", flush=True)
+        rows[0] = rows[0] + (f"greedy = generate for {same}/{len(expected)}",)
+    del chat, decoder
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return rows
+
+
+def _table(rows: list[tuple]) -> None:
+    print(f"{'model':24s} {'path':18s} {'first token s':>13s} {'decode tok/s':>12s}  note")
+    for label, path, first, rate, *note in rows:
+        print(f"{label:24s} {path:18s} {first:13.3f} {rate:12.1f}  {' '.join(note)}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu", action="store_true", help="the embedded default on this machine's CPU instead")
     parser.add_argument("--model-dir", default="/tmp/llama-7b-shape")
+    parser.add_argument("--tokenizer", help="writes the model first when --model-dir has none (bench/multigpu.py)")
+    parser.add_argument("--kinds", default="merged,adapter,merged-4bit,adapter-4bit")
+    parser.add_argument("--before-tokens", type=int, default=64,
+                        help="new tokens for the generate rows (about 10 tokens/s there: the rate is steady)")
     parser.add_argument("--json")
     args = parser.parse_args()
     import torch
 
+    if args.cpu:
+        import os
+        import platform
+
+        from tuner.models import EMBEDDED_MODEL
+
+        rows = measure("base", EMBEDDED_MODEL, None, False, args.before_tokens, "embedded, fp32")
+        print(f"\nchat, embedded default (SmolLM2-135M), batch 1, {NEW} new tokens "
+              f"(CPU x{os.cpu_count()}, {platform.machine()}, torch {torch.__version__})\n")
+        _table(rows)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return 0
     model = Path(args.model_dir)
+    if args.tokenizer:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from multigpu import make_model
+
+        make_model(model, Path(args.tokenizer))
     adapter = make_adapter(model, Path("/tmp/adapter-7b-shape"))
     rows = []
-    for kind, four_bit in (("merged", False), ("adapter", False), ("merged", True), ("adapter", True)):
-        rows += measure(kind, model, adapter if kind == "adapter" else None, four_bit)
+    for name in args.kinds.split(","):
+        kind, four_bit = name.split("-")[0], name.endswith("-4bit")
+        try:
+            rows += measure(kind, model, adapter if kind == "adapter" else None, four_bit, args.before_tokens)
+        except Exception as error:  # noqa: BLE001 - one configuration failing should not lose the others
+            import traceback
+
+            traceback.print_exc()
+            rows.append((name, f"failed: {type(error).__name__}: {error}"[:200], 0.0, 0.0))
+        print(rows[-3:], flush=True)
     print(f"\nchat, 7B-shaped Llama, batch 1, {NEW} new tokens ({torch.cuda.get_device_name()})\n")
-    print(f"{'model':24s} {'path':18s} {'first token s':>13s} {'decode tok/s':>12s}")
-    for label, path, first, rate in rows:
-        print(f"{label:24s} {path:18s} {first:13.3f} {rate:12.1f}")
+    _table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -33,6 +33,7 @@
 #   bitsandbytes 0.50.2 torch<3,>=2.4, numpy, packaging
 #   gguf 0.19.0         numpy, pyyaml, requests, tqdm
 #   fsspec 2026.6.0     [http]: aiohttp
+#   liger-kernel 0.5.10 torch>=2.1.2, triton>=2.3.1 (both on the device); the `kernels` training lever
 #
 # Assumed already on the device machine (its image's package list, KINDS.md), hence not carried:
 #   torch, torchvision, numpy, scipy, scikit-image, einops, sentencepiece, tiktoken, safetensors, accelerate,
@@ -79,6 +80,7 @@ SPECS=(
     gguf==0.19.0
     xxhash==4.1.0
     fsspec==2026.6.0
+    liger-kernel==0.5.10
 )
 
 # bitsandbytes 0.50.2 is tagged manylinux_2_24, so that tag is asked for too.

@@ -1,6 +1,7 @@
-"""Training speed on the GPU: the app's own path against a plain transformers + peft + bitsandbytes loop.
+"""Training speed: the app's own path against a plain transformers + peft (+ bitsandbytes) loop.
 
-    python bench/train_speed.py --tokenizer DIR [--steps 30] [--json OUT]
+    python bench/train_speed.py --tokenizer DIR [--steps 30] [--levers liger,bf16,...] [--app none,liger] [--json OUT]
+    python bench/train_speed.py --cpu [--json OUT]     (the embedded default on CPU, a couple of minutes)
 
 Both on the same Llama-2-7B-shaped model (random weights, written once by bench/multigpu.py's
 make_model), NF4 QLoRA r=64 on all linear layers, packed 2048-token sequences, batch 1, gradient
@@ -8,6 +9,12 @@ checkpointing, SDPA attention, bf16 compute:
   (a) app: the config TrainSpec renders, run by `xtuner train` as a job;
   (b) plain: a hand-written loop with the same settings (the baseline).
 Prints tokens/s, peak memory and the ratio; writes JSON with --json.
+
+--levers adds rows: the plain loop with each speed lever added in turn (from the same LoRA weights, on
+the same batches, so the loss difference to the plain loop is a correctness check): liger (Liger Kernel's
+RMSNorm, RoPE, SwiGLU, fused linear cross-entropy: TrainSpec.kernels), bf16 (frozen unquantized weights
+kept in bf16 instead of peft's fp32 upcast), noreentrant (non-reentrant checkpointing), compile
+(torch.compile of each decoder layer). --app gives one app row per TrainSpec.kernels setting.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 SEQ = 2048
 
 
-def plain_loop(model_dir: Path, steps: int, seed: int = 0) -> dict:
+def load_qlora(model_dir: Path, seed: int = 0):
+    """The plain loop's model: NF4 base, LoRA r=64 on every linear layer, gradient checkpointing."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -42,29 +50,140 @@ def plain_loop(model_dir: Path, steps: int, seed: int = 0) -> dict:
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     model = get_peft_model(model, lora)
     model.train()  # from_pretrained leaves eval mode, where checkpointing is off
+    return model
+
+
+# Levers tried on the plain loop, applied in the order given (each on top of the ones before).
+def lever_liger(model) -> str:
+    from tuner.kernels import apply_liger
+
+    return apply_liger(model.get_base_model())
+
+
+def lever_bf16(model) -> str:
+    """Keep the unquantized weights (embeddings, norms, lm_head) in bf16: prepare_model_for_kbit_training
+    casts them to fp32, which makes the whole residual stream and the MLP activations fp32."""
+    import torch
+
+    moved = 0
+    for name, param in model.named_parameters():
+        if param.dtype == torch.float32 and not param.requires_grad:
+            param.data = param.data.to(torch.bfloat16)
+            moved += param.numel()
+    return f"{moved / 1e6:.0f}M frozen fp32 parameters back to bf16"
+
+
+def lever_compile(model) -> str:
+    """torch.compile each decoder layer (the checkpointed unit)."""
+    layers = model.get_base_model().model.layers
+    for layer in layers:
+        layer.compile()
+    return f"{len(layers)} decoder layers compiled"
+
+
+def lever_noreentrant(model) -> str:
+    model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return "non-reentrant checkpointing"
+
+
+LEVERS = {"liger": lever_liger, "bf16": lever_bf16, "compile": lever_compile, "noreentrant": lever_noreentrant}
+
+
+def run_steps(model, batches: list, seed: int = 0, profile: bool = False) -> dict:
+    """Train from the model's current LoRA weights with a fresh AdamW: times, losses, peak memory."""
+    import torch
+
+    torch.manual_seed(seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    vocab = model.config.vocab_size
     torch.cuda.reset_peak_memory_stats()
     times, losses = [], []
-    for _ in range(steps):
-        ids = torch.randint(0, vocab, (1, SEQ), device="cuda")
+    gpu_ms = None
+    for index, ids in enumerate(batches):
         torch.cuda.synchronize()
         start = time.perf_counter()
+        profiler = None
+        if profile and index == len(batches) - 1:
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            profiler.__enter__()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
+        if profiler is not None:
+            profiler.__exit__(None, None, None)
+            try:
+                gpu_ms = sum(e.self_device_time_total for e in profiler.key_averages()) / 1000
+            except Exception as error:  # noqa: BLE001 - a profiler detail must not lose the row
+                print(f"profiler: {error}")
+            continue
         times.append(time.perf_counter() - start)
         losses.append(loss.item())
-    per_iter = statistics.median(times[3:])
-    return {"name": "plain loop", "seconds_per_iter": per_iter, "tokens_per_s": SEQ / per_iter,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "first_losses": losses[:3]}
+    per_iter = statistics.median(times[3:]) if len(times) > 4 else statistics.median(times)
+    return {"seconds_per_iter": per_iter, "tokens_per_s": SEQ / per_iter, "first_iter_s": times[0],
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "losses": losses,
+            "gpu_kernel_ms_per_iter": gpu_ms}
 
 
-def app_path(model_dir: Path, records: int) -> dict:
+def plain_rows(model_dir: Path, steps: int, levers: list[str], seed: int = 0, profile: bool = True,
+               compile_limit_s: int = 300) -> list[dict]:
+    """The plain loop, then the loop with each lever added in turn, all from the same LoRA weights
+    and on the same batches: speed, memory and the loss curve of each."""
+    import signal
+
+    import torch
+
+    model = load_qlora(model_dir, seed)
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+    vocab = model.config.vocab_size
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    batches = [torch.randint(0, vocab, (1, SEQ), device="cuda", generator=generator) for _ in range(steps)]
+    rows, applied = [], []
+    for lever in ["plain"] + levers:
+        name = "plain loop" if lever == "plain" else "plain + " + "+".join(applied + [lever])
+        note = ""
+        try:
+            if lever != "plain":
+                note = LEVERS[lever](model)
+            model.load_state_dict(start_state, strict=False)
+            if lever == "compile":
+                signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("compile too slow")))
+                signal.alarm(compile_limit_s)
+            try:
+                row = run_steps(model, batches, seed, profile)
+            finally:
+                signal.alarm(0)
+        except Exception as error:  # noqa: BLE001 - a lever that fails is a finding, not the end of the run
+            import traceback
+
+            traceback.print_exc()
+            rows.append({"name": name, "error": f"{type(error).__name__}: {error}"[:300]})
+            print(f"{name}: FAILED {error}", flush=True)
+            if lever != "plain":
+                break
+            continue
+        applied.append(lever) if lever != "plain" else None
+        row.update(name=name, note=note)
+        if rows and "losses" in rows[0]:
+            base = rows[0]["losses"]
+            row["max_loss_diff"] = max(abs(a - b) for a, b in zip(base, row["losses"]))
+        rows.append(row)
+        print(f"{name}: {row['seconds_per_iter']:.3f} s/iter, {row['tokens_per_s']:.0f} tok/s, "
+              f"{row['peak_memory_gib']:.2f} GiB, GPU kernels {row['gpu_kernel_ms_per_iter']} ms, "
+              f"losses {[round(x, 4) for x in row['losses'][:4]]}, first iter {row['first_iter_s']:.1f} s "
+              f"({note})", flush=True)
+    del model
+    torch.cuda.empty_cache()
+    return rows
+
+
+def plain_loop(model_dir: Path, steps: int, seed: int = 0) -> dict:
+    return plain_rows(model_dir, steps, [], seed, profile=False)[0]
+
+
+def app_path(model_dir: Path, records: int, kernels: str = "auto") -> dict:
     from multigpu import run_job
 
     from tuner.data import self_cognition_records, write_jsonl
@@ -75,39 +194,146 @@ def app_path(model_dir: Path, records: int) -> dict:
                           pack_to_max_length=True, batch_size=1, accumulative_counts=1, max_epochs=1, lr=2e-4,
                           lora_r=64, lora_alpha=16, lora_dropout=0.1, save_steps=100000, evaluation_freq=100000,
                           evaluation_max_new_tokens=4, evaluation_inputs=["Who are you?"], warmup_ratio=0.0,
-                          template="qwen_chat")
-    result = run_job(spec, "app-xtuner")
-    result["name"] = "app (xtuner train)"
+                          template="qwen_chat", seed=0, kernels=kernels)
+    result = run_job(spec, f"app-xtuner-{kernels}")
+    result["name"] = f"app (xtuner train), kernels={kernels}"
     result["tokens_per_s"] = result.pop("tokens_per_s_per_gpu", 0.0)
     return result
 
 
+# ------------------------------------------------------------------------------------------------ CPU
+CPU_SEQ = 256
+
+
+def cpu_spec_settings() -> dict:
+    """The embedded default (its preset: LoRA r=16 on every linear layer, fp32 on CPU), packed to 256
+    tokens at batch 1 so that both paths see the same tokens per step."""
+    return dict(method="lora", precision="auto", max_length=CPU_SEQ, pack_to_max_length=True, batch_size=1,
+                accumulative_counts=1, max_epochs=1, warmup_ratio=0.0, save_steps=100000, evaluation_freq=100000,
+                evaluation_max_new_tokens=4, evaluation_inputs=["Who are you?"], seed=0, kernels="none")
+
+
+def cpu_plain_loop(steps: int, seed: int = 0) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuner.models import EMBEDDED_MODEL, resolve_model
+    from tuner.spec import spec_for_model
+
+    spec = spec_for_model(EMBEDDED_MODEL, **cpu_spec_settings())
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(EMBEDDED_MODEL), torch_dtype=torch.float32)
+    model.gradient_checkpointing_enable()  # as XTuner does
+    model.enable_input_require_grads()
+    lora = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout, bias="none",
+                      task_type="CAUSAL_LM", target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                             "up_proj", "down_proj"])
+    model = get_peft_model(model, lora)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.lr)
+    times, losses = [], []
+    for _ in range(steps):
+        ids = torch.randint(0, model.config.vocab_size, (1, CPU_SEQ))
+        start = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    per_iter = statistics.median(times[2:])
+    return {"name": "plain loop", "seconds_per_iter": per_iter, "tokens_per_s": CPU_SEQ / per_iter,
+            "peak_memory_gib": 0.0, "losses": losses}
+
+
+def cpu_app_path(records: int) -> dict:
+    from multigpu import run_job
+
+    from tuner.data import self_cognition_records, write_jsonl
+    from tuner.models import EMBEDDED_MODEL
+    from tuner.spec import spec_for_model
+
+    data = write_jsonl(self_cognition_records("Alice", count=records), Path(os.environ["TUNER_HOME"]) / "d.jsonl")
+    spec = spec_for_model(EMBEDDED_MODEL, data_files=[str(data)], **cpu_spec_settings())
+    result = run_job(spec, "app-xtuner-cpu")
+    result["name"] = "app (xtuner train)"
+    result["tokens_per_s"] = result.pop("tokens_per_s_per_gpu", 0.0)
+    result.setdefault("peak_memory_gib", 0.0)
+    return result
+
+
+def cpu_main(args) -> int:
+    import platform
+
+    import torch
+
+    plain = cpu_plain_loop(args.steps)
+    app = cpu_app_path(args.records)
+    print(f"\ntraining, embedded default (SmolLM2-135M, LoRA r=16, fp32), packed {CPU_SEQ}, batch 1 "
+          f"(CPU x{os.cpu_count()}, {platform.processor() or platform.machine()}, torch {torch.__version__})\n")
+    print(f"{'path':22s} {'s/iter':>8s} {'tokens/s':>9s} {'vs plain':>9s}")
+    for row in (plain, app):
+        if not row.get("tokens_per_s"):
+            print(f"{row['name']:22s} failed: {row.get('reason') or row.get('state')}")
+            continue
+        print(f"{row['name']:22s} {row['seconds_per_iter']:8.3f} {row['tokens_per_s']:9.0f} "
+              f"{row['tokens_per_s'] / plain['tokens_per_s']:8.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"plain": plain, "app": app}, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", required=True)
+    parser.add_argument("--cpu", action="store_true", help="the embedded default on this machine's CPU instead")
+    parser.add_argument("--tokenizer", help="for the 7B-shaped model (the GPU table): a tokenizer folder")
     parser.add_argument("--model-dir", default="/tmp/llama-7b-shape")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--records", type=int, default=2400, help="self-cognition records (about 40 packed steps)")
+    parser.add_argument("--steps", type=int, default=None, help="plain-loop steps (30 on the GPU, 8 on CPU)")
+    parser.add_argument("--records", type=int, default=None,
+                        help="self-cognition records for the app's job (2400: about 40 packed steps on the GPU)")
+    parser.add_argument("--levers", default="", help="comma-separated, added in turn to the plain loop: "
+                        + ", ".join(LEVERS))
+    parser.add_argument("--app", default="none,auto", help="app rows: comma-separated kernels settings "
+                        "(none: before the kernels lever; auto: the default); empty for no app rows")
+    parser.add_argument("--compile-limit", type=int, default=300, help="seconds the compile lever may take")
     parser.add_argument("--json")
-    parser.add_argument("--app-json", help="reuse the app row of an earlier run")
+    parser.add_argument("--app-json", help="reuse the app rows of an earlier run")
     args = parser.parse_args()
     os.environ.setdefault("TUNER_HOME", tempfile.mkdtemp(prefix="tuner-speed-"))
+    if args.cpu:
+        args.steps, args.records = args.steps or 8, args.records or 80
+        return cpu_main(args)
+    if not args.tokenizer:
+        parser.error("--tokenizer is required for the GPU table")
+    args.steps, args.records = args.steps or 30, args.records or 2400
     from multigpu import make_model
 
     import torch
 
     model = make_model(Path(args.model_dir), Path(args.tokenizer))
-    app = json.loads(Path(args.app_json).read_text())["app"] if args.app_json else app_path(model, args.records)
-    plain = plain_loop(model, args.steps)
+    levers = [x for x in args.levers.split(",") if x]
+    plain = plain_rows(model, args.steps, levers, compile_limit_s=args.compile_limit)
+    if args.app_json:
+        apps = json.loads(Path(args.app_json).read_text())["app"]
+    else:
+        apps = [app_path(model, args.records, kernels) for kernels in args.app.split(",") if kernels]
     print(f"\ntraining, 7B-shaped Llama, NF4 QLoRA r=64, packed {SEQ}, batch 1 ({torch.cuda.get_device_name()})\n")
-    print(f"{'path':22s} {'s/iter':>8s} {'tokens/s':>9s} {'peak GiB':>9s}")
-    for row in (plain, app):
-        print(f"{row['name']:22s} {row.get('seconds_per_iter', 0):8.3f} {row.get('tokens_per_s', 0):9.0f} "
-              f"{row.get('peak_memory_gib', 0):9.2f}")
-    if app.get("tokens_per_s") and plain.get("tokens_per_s"):
-        print(f"\napp / plain: {app['tokens_per_s'] / plain['tokens_per_s']:.2f}x tokens/s")
+    print(f"{'path':40s} {'s/iter':>7s} {'tokens/s':>9s} {'peak GiB':>9s} {'vs plain':>9s} {'GPU ms':>7s}  loss diff")
+    base = plain[0].get("tokens_per_s")
+    for row in plain + apps:
+        if "error" in row or not row.get("tokens_per_s"):
+            print(f"{row['name']:40s} failed: {row.get('error') or row.get('reason') or row.get('state')}")
+            continue
+        ratio = row["tokens_per_s"] / base if base else 0
+        gpu = row.get("gpu_kernel_ms_per_iter")
+        diff = row.get("max_loss_diff")
+        print(f"{row['name']:40s} {row['seconds_per_iter']:7.3f} {row['tokens_per_s']:9.0f} "
+              f"{row['peak_memory_gib']:9.2f} {ratio:8.2f}x {gpu if gpu is None else round(gpu):>7}  "
+              f"{'' if diff is None else f'{diff:.4f}'}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"plain": plain, "app": app}, indent=2))
+        Path(args.json).write_text(json.dumps({"plain": plain, "app": apps}, indent=2))
     return 0
 
 

@@ -16,7 +16,7 @@ from deploy.card import loss_curve_png, model_card, public_base_model
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tuner_adapter.json")
 SPACE_TEMPLATE = Path(__file__).parent / "space_template"
 # What the chat-only app needs of tuner/ (it never trains, so no XTuner in the Space).
-TUNER_FILES_FOR_CHAT = ("__init__.py", "chat.py", "models.py", "convert.py", "progress.py", "paths.py")
+TUNER_FILES_FOR_CHAT = ("__init__.py", "chat.py", "decode.py", "models.py", "convert.py", "progress.py", "paths.py")
 GRADIO_VERSION = "6.17.3"
 
 

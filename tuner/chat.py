@@ -6,7 +6,9 @@ Prompts are built with the XTuner template the adapter was trained with, turn by
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ class GenerationSettings:
     top_k: int = 40
     repetition_penalty: float = 1.0  # as `xtuner chat`; small models answer worse with a penalty
     min_new_tokens: int = 0
+    fast_decode: bool = True  # use the model's static-cache decoder when it was loaded with one
 
 
 @dataclass
@@ -37,6 +40,8 @@ class ChatModel:
     system: str = ""
     description: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    decoder: object | None = None  # tuner.decode.StaticDecoder when fast decoding is on
+    decoding: str = "generate"  # how replies are decoded, for the user: "CUDA graphs (ready in 1.2 s)"
 
 
 class ChatLoadError(Exception):
@@ -71,8 +76,12 @@ def build_prompt(template: dict, message: str, history: list[tuple[str, str]] | 
 
 
 def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | None = None,
-                    load_in_4bit: bool = False, template: str = "") -> ChatModel:
-    """Load for chat. ``kind``: base (``model``), adapter (``adapter`` on its base), merged (``model``)."""
+                    load_in_4bit: bool = False, template: str = "", fast_decode: bool | None = None) -> ChatModel:
+    """Load for chat. ``kind``: base (``model``), adapter (``adapter`` on its base), merged (``model``).
+
+    ``fast_decode`` (default: on where there is a CUDA GPU): decode with a static KV cache and CUDA
+    graphs (tuner/decode.py), captured here, at load time, so the first reply does not pay for it;
+    models or settings it does not handle fall back to ``generate``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -117,8 +126,39 @@ def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | N
     llm.eval()
     described = {"base": f"base {model}", "adapter": f"{model} + adapter {adapter}", "merged": f"merged {model}"}
     saved = info.get("template_spec") if template_name == info.get("template") else None
-    return ChatModel(llm, tokenizer, saved or _template(template_name), template_name, info.get("system", ""),
+    chat = ChatModel(llm, tokenizer, saved or _template(template_name), template_name, info.get("system", ""),
                      described[kind])
+    if fast_decode is None:
+        fast_decode = cuda
+    if fast_decode:
+        _prepare_fast_decode(chat, graphs=cuda)
+    return chat
+
+
+def _prepare_fast_decode(chat: ChatModel, graphs: bool) -> None:
+    """Set up the static-cache decoder and capture its first CUDA graph now (about a second for a 7B
+    model); on any failure the chat keeps using ``generate`` and says why in ``chat.decoding``."""
+    import logging
+
+    try:
+        from tuner.decode import DecodeUnsupported, StaticDecoder
+    except ImportError as error:  # a bundle made without tuner/decode.py
+        chat.decoding = f"generate ({error})"
+        return
+    started = time.perf_counter()
+    try:
+        decoder = StaticDecoder(chat.model, graphs=graphs)
+        decoder.warm_up(512)
+    except DecodeUnsupported as error:
+        chat.decoding = f"generate ({error})"
+        return
+    except Exception as error:  # noqa: BLE001 - a capture that fails must not stop the chat
+        logging.getLogger(__name__).warning("fast decoding unavailable, using generate: %s", error)
+        chat.decoding = f"generate (fast decoding failed: {type(error).__name__}: {error})"[:300]
+        return
+    chat.decoder = decoder
+    how = "CUDA graphs" if decoder.graphs else "static cache"
+    chat.decoding = f"{how} (ready in {time.perf_counter() - started:.1f} s)"
 
 
 def _stop_ids(chat: ChatModel) -> list[int]:
@@ -135,21 +175,45 @@ def _stop_ids(chat: ChatModel) -> list[int]:
 def stream_reply(chat: ChatModel, message: str, history: list[tuple[str, str]] | None = None,
                  system: str | None = None, settings: GenerationSettings | None = None) -> Iterator[str]:
     """Yield the reply as it grows (the whole text so far each time); stops at end of turn."""
-    import torch
-    from transformers import TextIteratorStreamer
-
     settings = settings or GenerationSettings()
     prompt = build_prompt(chat.template, message, history, chat.system if system is None else system)
     inputs = chat.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    inputs = {k: v.to(chat.model.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
-    streamer = TextIteratorStreamer(chat.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    stops = [w for w in chat.template.get("STOP_WORDS", []) if w]
+    if settings.fast_decode and chat.decoder is not None and \
+            _fast_decode_fits(chat, inputs["input_ids"].shape[-1], settings):
+        pieces = _fast_pieces(chat, inputs["input_ids"][0].tolist(), settings)
+    else:
+        pieces = _generate_pieces(chat, inputs, settings)
+    text = ""
+    try:
+        for text in pieces:
+            cut = min((text.find(w) for w in stops if w in text), default=-1)
+            if cut >= 0:
+                yield text[:cut].strip()
+                break
+            yield text.strip()
+    finally:
+        pieces.close()  # stops the decoding thread when the caller stops early
+
+
+def _generation_kwargs(chat: ChatModel, settings: GenerationSettings) -> dict:
     sampling = settings.temperature > 0
-    kwargs = dict(**inputs, streamer=streamer, max_new_tokens=settings.max_new_tokens, do_sample=sampling,
-                  min_new_tokens=settings.min_new_tokens,
+    kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=sampling, min_new_tokens=settings.min_new_tokens,
                   repetition_penalty=settings.repetition_penalty, eos_token_id=_stop_ids(chat),
                   pad_token_id=chat.tokenizer.pad_token_id or chat.tokenizer.eos_token_id)
     if sampling:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+    return kwargs
+
+
+def _generate_pieces(chat: ChatModel, inputs, settings: GenerationSettings) -> Iterator[str]:
+    """The reply so far, growing, from ``generate`` with a streamer (the path for every model)."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    inputs = {k: v.to(chat.model.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+    streamer = TextIteratorStreamer(chat.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    kwargs = dict(**inputs, streamer=streamer, **_generation_kwargs(chat, settings))
     errors: list[BaseException] = []
 
     def generate() -> None:
@@ -163,17 +227,78 @@ def stream_reply(chat: ChatModel, message: str, history: list[tuple[str, str]] |
     thread = threading.Thread(target=generate, daemon=True)
     thread.start()
     text = ""
-    stops = [w for w in chat.template.get("STOP_WORDS", []) if w]
-    for piece in streamer:
-        text += piece
-        cut = min((text.find(w) for w in stops if w in text), default=-1)
-        if cut >= 0:
-            yield text[:cut].strip()
-            break
-        yield text.strip()
-    thread.join()
+    try:
+        for piece in streamer:
+            text += piece
+            yield text
+    finally:
+        thread.join()
     if errors:
         raise errors[0]
+
+
+def _fast_decode_fits(chat: ChatModel, prompt_tokens: int, settings: GenerationSettings) -> bool:
+    from tuner.decode import DecodeUnsupported, generation_config_supported
+
+    try:
+        chat.decoder.bucket(prompt_tokens + settings.max_new_tokens + 1)
+    except DecodeUnsupported:
+        return False
+    return generation_config_supported(chat.decoder.base, _generation_kwargs(chat, settings))
+
+
+def _fast_pieces(chat: ChatModel, prompt_ids: list[int], settings: GenerationSettings) -> Iterator[str]:
+    """The reply so far, growing, from the static-cache decoder (tuner/decode.py), run in a thread so a
+    slow consumer does not hold the GPU back. New text is yielded as soon as it decodes to whole
+    characters (``generate``'s streamer waits for the end of each word)."""
+    from tuner.decode import Sampling
+
+    sampling = Sampling(max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens,
+                        temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                        repetition_penalty=settings.repetition_penalty)
+    stop_ids = _stop_ids(chat)
+    tokens: queue.Queue = queue.Queue()
+    cancelled = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            with chat.lock:
+                for token in chat.decoder.decode(prompt_ids, sampling, stop_ids, cancelled):
+                    tokens.put(token)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            tokens.put(error)
+        tokens.put(end)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    ids: list[int] = []
+    shown = ""
+    finished = False
+    try:
+        while not finished:
+            batch = [tokens.get(timeout=600)]
+            while True:  # take everything already decoded: one detokenization for the lot
+                try:
+                    batch.append(tokens.get_nowait())
+                except queue.Empty:
+                    break
+            for item in batch:
+                if item is end:
+                    finished = True
+                elif isinstance(item, BaseException):
+                    raise item
+                elif item not in stop_ids:
+                    ids.append(item)
+            text = chat.tokenizer.decode(ids, skip_special_tokens=True)
+            if text.endswith("\ufffd") and not finished:
+                continue  # a character cut in the middle of its bytes: wait for the rest
+            if text != shown or finished:
+                shown = text
+                yield text
+    finally:
+        cancelled.set()
+        thread.join()
 
 
 def reply(chat: ChatModel, message: str, history: list[tuple[str, str]] | None = None,
@@ -193,13 +318,13 @@ class ChatModelCache:
         self._lock = threading.Lock()
 
     def get(self, kind: str, model: str = "", adapter: str | Path | None = None,
-            load_in_4bit: bool = False, template: str = "") -> ChatModel:
-        key = (kind, model, str(adapter or ""), load_in_4bit, template)
+            load_in_4bit: bool = False, template: str = "", fast_decode: bool | None = None) -> ChatModel:
+        key = (kind, model, str(adapter or ""), load_in_4bit, template, fast_decode)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            loaded = load_chat_model(kind, model, adapter, load_in_4bit, template)
+            loaded = load_chat_model(kind, model, adapter, load_in_4bit, template, fast_decode)
             self._models[key] = loaded
             while len(self._models) > self.size:
                 self._models.popitem(last=False)

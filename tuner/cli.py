@@ -122,7 +122,7 @@ def _spec_from_args(args):
     overrides = {}
     for name in ("template", "method", "precision", "max_length", "batch_size", "accumulative_counts",
                  "max_epochs", "lr", "lora_r", "lora_alpha", "lora_dropout", "save_steps", "evaluation_freq",
-                 "system", "deepspeed", "gpus", "seed", "warmup_ratio"):
+                 "system", "deepspeed", "gpus", "seed", "warmup_ratio", "kernels"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -343,6 +343,7 @@ def _add_table_options(parser) -> None:
 
 def _add_spec_options(parser) -> None:
     from tuner.spec import DEEPSPEED_CHOICES, METHODS, PRECISIONS
+    from tuner.kernels import KERNEL_CHOICES
 
     parser.add_argument("--model", default=EMBEDDED_MODEL, help="model: embedded default, local folder or hub id")
     parser.add_argument("--template", help="XTuner prompt template (default: guessed from the model)")
@@ -356,6 +357,8 @@ def _add_spec_options(parser) -> None:
     parser.add_argument("--system", help="system prompt (SYSTEM)")
     parser.add_argument("--evaluation-input", action="append", help="a question asked during training (repeat)")
     parser.add_argument("--deepspeed", choices=DEEPSPEED_CHOICES)
+    parser.add_argument("--kernels", choices=KERNEL_CHOICES,
+                        help="fused training kernels: liger (Liger Kernel, CUDA), auto (liger where possible), none")
 
 
 def _add_generation_options(parser) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuner.kernels import KERNEL_CHOICES, liger_available
 from tuner.models import EMBEDDED_MODEL, guess_template, is_embedded
 
 METHODS = ("qlora", "lora")
@@ -63,6 +64,10 @@ class TrainSpec:
     map_num_proc: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     seed: int = 42
     log_interval: int = 1
+    # Fused Triton kernels in the training process (tuner/kernels.py). liger: Liger Kernel (needs a CUDA GPU);
+    # auto: Liger where there is a CUDA GPU and liger-kernel is installed; none: off. Off by default until
+    # bench/train_speed.py has shown on the GPU machine that it pays (not measured yet: see bench/gpu_levers.sh).
+    kernels: str = "none"
 
     @property
     def prompt_template(self) -> str:
@@ -102,6 +107,8 @@ def spec_problems(spec: TrainSpec, cuda_available: bool | None = None) -> list[s
         problems.append(f"precision must be one of {', '.join(PRECISIONS)}, not {spec.precision!r}.")
     if spec.deepspeed not in DEEPSPEED_CHOICES:
         problems.append(f"deepspeed must be one of {', '.join(DEEPSPEED_CHOICES)}.")
+    if spec.kernels not in KERNEL_CHOICES:
+        problems.append(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, not {spec.kernels!r}.")
     for name in ("max_length", "batch_size", "accumulative_counts", "max_epochs", "save_steps",
                  "evaluation_freq", "lora_r", "lora_alpha", "gpus", "log_interval"):
         if getattr(spec, name) < 1:
@@ -129,6 +136,11 @@ def spec_problems(spec: TrainSpec, cuda_available: bool | None = None) -> list[s
             problems.append(f"{spec.precision} training needs a GPU here; choose fp32 or auto.")
         if spec.deepspeed != "none" or spec.gpus > 1:
             problems.append("DeepSpeed and several GPUs need CUDA GPUs; this machine has none.")
+        if spec.kernels == "liger":
+            problems.append("Liger kernels need a CUDA GPU; this machine has none. Choose auto or none.")
+    elif spec.kernels == "liger" and not liger_available():
+        problems.append("Liger kernels need the liger-kernel package: pip install liger-kernel==0.5.10, "
+                        "or choose auto or none.")
     return problems
 
 
@@ -409,12 +421,15 @@ _SETTINGS = (
     ("deepspeed", "deepspeed"),
     ("gpus", "gpus"),
     ("seed", "seed"),
+    ("# Speed (applied by tuner's job runner inside the training process, not by XTuner)", None),
+    ("kernels", "kernels"),
 )
 _COMMENTS = {
     "method": "  # qlora: 4-bit base model; lora: base in `precision`",
     "save_total_limit": "  # Maximum checkpoints to keep (-1 means unlimited)",
     "max_norm": "  # grad clip",
     "batch_size": "  # per_device",
+    "kernels": "  # auto: Liger Kernel's fused Triton kernels on a CUDA GPU when installed; liger; none",
 }
 
 

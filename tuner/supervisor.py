@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tuner.device_queue import visible_devices_env, wait_for_devices
 from tuner.jobs import Job, JobState, JobStatus, now_iso, queue_position
+from tuner.kernels import ENV as KERNELS_ENV
+from tuner.kernels import resolve_kernels
 from tuner.launch import shell_command, train_command
 from tuner.processes import JOB_ENV, stop_job_processes
 from tuner.xtuner_cli import tool_environment, xtuner_command
@@ -38,12 +40,16 @@ def supervise(job: Job, resume: bool) -> JobStatus:
     resume_from = job.last_checkpoint() if resume else None
     command, extra_env = train_command(job.config_path, job.work_dir, spec, resume_from)
     command = xtuner_command() + command[1:]
+    kernels, kernels_note = _kernels(spec)
+    extra_env[KERNELS_ENV] = kernels  # read by the start-up hook in the training process (tuner/kernels.py)
     env = tool_environment()
     env.update(extra_env)
     env.update(visible_devices_env(lease))
     env[JOB_ENV] = str(job.dir)
     job.work_dir.mkdir(exist_ok=True)
     with job.log_path.open("a", encoding="utf-8") as log:
+        if kernels_note:
+            log.write(f"\n==== tuner: {kernels_note}\n")
         log.write(f"\n==== tuner: attempt {status.attempts + 1} at {now_iso()}: {shell_command(command, extra_env)}\n")
         log.flush()
         process = subprocess.Popen(command, env=env, cwd=job.dir, stdout=log, stderr=subprocess.STDOUT,
@@ -59,6 +65,14 @@ def supervise(job: Job, resume: bool) -> JobStatus:
     if status.state == JobState.SUCCEEDED:
         status = _convert_after_training(job, status)
     return status
+
+
+def _kernels(spec) -> tuple[str, str]:
+    """The ``kernels`` setting resolved on this machine, and a note for the log when it had to change."""
+    try:
+        return resolve_kernels(spec.kernels), ""
+    except RuntimeError as error:
+        return "none", f"{error} Training without them."
 
 
 def _convert_after_training(job: Job, status: JobStatus) -> JobStatus:

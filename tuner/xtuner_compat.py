@@ -17,6 +17,15 @@ _ENABLE = "TUNER_XTUNER_PATCHES"
 def apply_patches() -> None:
     _cpu_bf16_probe()
     quiet_known_noise()
+    _training_kernels()
+
+
+def _training_kernels() -> None:
+    # The spec's `kernels` lever (tuner/kernels.py): Liger's Triton kernels patched into the model XTuner
+    # builds, when the job runner sets TUNER_KERNELS=liger for this process.
+    from tuner.kernels import install_training_hooks
+
+    install_training_hooks()
 
 
 def quiet_known_noise() -> None:

@@ -159,6 +159,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "spec.gpus.info": ("XTuner starts one process per GPU.", "XTuner 为每个 GPU 启动一个进程。"),
     "spec.deepspeed": ("DeepSpeed", "DeepSpeed"),
     "spec.deepspeed.info": ("ZeRO shares memory across GPUs.", "ZeRO 在多卡间分摊显存。"),
+    "spec.kernels": ("Fused kernels", "融合算子"),
+    "spec.kernels.info": ("Liger Kernel on a CUDA GPU (auto: when installed).", "CUDA GPU 上使用 Liger Kernel（auto：已安装时）。"),
     "spec.seed": ("Seed", "随机种子"),
     "spec.seed.info": ("Same seed, same run.", "相同种子可复现训练。"),
     "spec.save_steps": ("Save every", "保存间隔"),

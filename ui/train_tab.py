@@ -15,6 +15,7 @@ from tuner.data.stats import dataset_stats
 from tuner.estimate import estimate_training, model_shape
 from tuner.jobs import (Job, JobError, JobState, cancel_job, create_job, get_job, list_jobs, queue_position,
                         resume_job, start_job)
+from tuner.kernels import KERNEL_CHOICES
 from tuner.launch import shell_command, train_command
 from tuner.models import EMBEDDED_MODEL, guess_template, resolve_model, template_names
 from tuner.progress import ProgressCache
@@ -25,7 +26,7 @@ from ui.i18n import Labels, t
 
 BASIC = ("max_epochs", "lr", "batch_size", "accumulative_counts", "max_length", "pack_to_max_length",
          "lora_r", "lora_alpha", "lora_dropout", "warmup_ratio", "precision")
-ADVANCED = ("gpus", "deepspeed", "seed", "save_steps", "save_total_limit", "evaluation_freq",
+ADVANCED = ("gpus", "deepspeed", "kernels", "seed", "save_steps", "save_total_limit", "evaluation_freq",
             "evaluation_max_new_tokens", "max_norm", "weight_decay", "system", "evaluation_inputs")
 FIELDS = BASIC + ADVANCED
 _progress = ProgressCache()
@@ -54,6 +55,8 @@ def field_component(labels: Labels, name: str, default):
         return labels(gr.Dropdown, choices=list(PRECISIONS), value=default, **common)
     if name == "deepspeed":
         return labels(gr.Dropdown, choices=list(DEEPSPEED_CHOICES), value=default, **common)
+    if name == "kernels":
+        return labels(gr.Dropdown, choices=list(KERNEL_CHOICES), value=default, **common)
     if name == "system":
         return labels(gr.Textbox, value=default, lines=2, **common)
     if name == "evaluation_inputs":
@@ -174,14 +177,22 @@ def _quote(text: str) -> str:
     return "\n".join(f"> {line}" for line in lines)
 
 
-def job_view(lang: str, job_id: str | None):
-    """Status line, progress bar, loss curve, sample answers and log tail of a job."""
+def job_view(lang: str, job_id: str | None, shown: tuple | None = None):
+    """Status line, progress bar, loss curve, sample answers and log tail of a job, and what they show.
+
+    ``shown`` is what the page shows already: when nothing changed, nothing is sent (a redrawn plot
+    every two seconds costs the browser a CPU core that the training on the same machine needs).
+    """
     empty_loss = pd.DataFrame({"iteration": [], "loss": []})
     if not job_id:
-        return t("train.no_jobs", lang), progress_bar(0, ""), empty_loss, "", "", gr.update()
+        return t("train.no_jobs", lang), progress_bar(0, ""), empty_loss, "", "", gr.update(), None
     job = get_job(job_id)
     status = job.status()
     progress = _progress.progress(job.log_path, job.template())
+    now_showing = (lang, job_id, status.state, status.reason, len(progress.iterations), len(progress.samples),
+                   queue_position(job) if status.state == JobState.QUEUED else 0)
+    if now_showing == shown:
+        return (gr.skip(),) * 6 + (shown,)
     latest = progress.latest
     state = t("state." + status.state.value, lang)
     lines = [f"**{job.id}** · {state}"]
@@ -205,7 +216,8 @@ def job_view(lang: str, job_id: str | None):
                           + _quote(s.answer) for s in progress.samples[-6:][::-1])
     buttons = gr.update(value=t("train.resume", lang),
                         interactive=status.state in (JobState.FAILED, JobState.CANCELLED))
-    return "\n\n".join(lines), bar, losses, samples or t("train.no_samples", lang), job.log_tail(60), buttons
+    return ("\n\n".join(lines), bar, losses, samples or t("train.no_samples", lang), job.log_tail(60), buttons,
+            now_showing)
 
 
 def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
@@ -230,7 +242,7 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
             for name in row:
                 fields[name] = field_component(labels, name, getattr(spec, name))
     with labels(gr.Accordion, label_key="train.advanced", open=False):
-        for row in (ADVANCED[:5], ADVANCED[5:9], ADVANCED[9:]):
+        for row in (ADVANCED[:6], ADVANCED[6:10], ADVANCED[10:]):
             with gr.Row(equal_height=True):
                 for name in row:
                     fields[name] = field_component(labels, name, getattr(spec, name))
@@ -242,7 +254,7 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
     message = gr.Markdown(elem_id="train-message")
     with labels(gr.Accordion, label_key="train.config_title", open=False) as config_section:
         command = labels(gr.Textbox, label_key="train.command", interactive=False, elem_id="train-command")
-        config = gr.Code(language="python", interactive=False, elem_id="train-config")
+        config = gr.Code(language="python", interactive=False, elem_id="train-config", max_lines=24)
         config_file = labels(gr.File, label_key="train.config_download", interactive=False)
 
     labels(gr.Markdown, value_key="train.jobs_title")
@@ -263,6 +275,7 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
     with labels(gr.Accordion, label_key="train.log", open=False):
         log = gr.Code(language=None, interactive=False, elem_id="train-log", max_lines=30)
     timer = gr.Timer(2.0)
+    shown = gr.State(None)
 
     form = [model, template, method, dataset, *values]
     model.change(model_changed, model, [template, method, *values])
@@ -274,8 +287,9 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
     cancel.click(guarded(2, 0)(lambda lg, j: act(lg, j, "cancel")), [lang, job], [message, job])
     resume.click(guarded(2, 0)(lambda lg, j: act(lg, j, "resume")), [lang, job], [message, job])
     merge_now.click(guarded(2, 0)(lambda lg, j: act(lg, j, "merge")), [lang, job], [message, job])
-    view_outputs = [status, bar, loss, samples, log, resume]
-    job.change(guarded(6, 0)(job_view), [lang, job], view_outputs)
-    timer.tick(guarded(6, 0)(job_view), [lang, job], view_outputs, show_progress="hidden")
+    view_outputs = [status, bar, loss, samples, log, resume, shown]
+    job.change(guarded(7, 0)(job_view), [lang, job], view_outputs)
+    lang.change(guarded(7, 0)(job_view), [lang, job], view_outputs)
+    timer.tick(guarded(7, 0)(job_view), [lang, job, shown], view_outputs, show_progress="hidden")
     return SimpleNamespace(model=model, template=template, dataset=dataset, job=job, message=message,
                            max_length=fields["max_length"], fields=fields)

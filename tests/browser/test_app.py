@@ -13,7 +13,7 @@ from hub_accounts import ALICE_TOKEN
 
 pytestmark = pytest.mark.integration
 
-TRAINING_MINUTES = 12
+TRAINING_MINUTES = 20
 
 
 def open_tab(page: Page, name: str) -> None:

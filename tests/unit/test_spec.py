@@ -32,7 +32,7 @@ def test_rendered_config_has_xtuners_five_parts_and_is_valid_python(tmp_path):
 def test_config_reads_back_to_the_same_spec(tmp_path, method):
     spec = _spec(tmp_path, method=method, lr=3e-4, lora_r=8, max_epochs=5, system="Be brief.",
                  evaluation_inputs=["你是谁", "Who are you?"], deepspeed="deepspeed_zero2", gpus=2, seed=7,
-                 precision="fp16")
+                 precision="fp16", kernels="liger")
     back = read_config(render_config(spec))
     assert back == spec.replace(template="qwen_chat")  # the guessed template is written out
 
@@ -67,6 +67,9 @@ def test_spec_problems_say_what_to_do(tmp_path):
     assert any(p.startswith("lr must be") for p in problems)
     assert spec_problems(_spec(tmp_path), cuda_available=False) == []
     assert any("Data file not found" in p for p in spec_problems(TrainSpec(data_files=["/nope.jsonl"]), False))
+    assert any(p.startswith("kernels must be") for p in spec_problems(_spec(tmp_path, kernels="fast"), False))
+    assert any("Liger kernels need a CUDA GPU" in p for p in spec_problems(_spec(tmp_path, kernels="liger"), False))
+    assert spec_problems(_spec(tmp_path, kernels="auto"), cuda_available=False) == []
 
 
 def test_train_command_uses_xtuner_and_nproc_for_several_gpus(tmp_path):

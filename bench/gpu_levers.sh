@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The speed levers of issue 5, measured on the GPU machine in one call each (a call may run 10 minutes).
+#
+# Here, once:  bash bench/gpu_bundle.sh            (.gpu/wheels, liger-kernel included)
+#              and a tokenizer folder in .gpu/tokenizer: the embedded model's, 3.4 MB:
+#              .venv/bin/python -c "from tuner.models import resolve_model; from transformers import AutoTokenizer; \
+#                AutoTokenizer.from_pretrained(resolve_model('embedded')).save_pretrained('.gpu/tokenizer')"
+# There:       run  command: bash bench/gpu_levers.sh chat     carry: [".gpu/wheels", ".gpu/tokenizer"]
+#              then bash bench/gpu_levers.sh levers, then bash bench/gpu_levers.sh app (same carry; the
+#              7B-shaped model is written again when the machine is a fresh one: a minute or two)
+#
+#   chat   bench/chat_speed.py: fast decoding (static KV cache + CUDA graphs, the default on CUDA) against
+#          the generate path and plain generate, merged and base + adapter, bf16 and 4-bit (~5 min)
+#   levers bench/train_speed.py: the plain loop, then the levers added in turn (liger, bf16, noreentrant,
+#          compile), same LoRA start and batches: s/iter, peak memory, GPU kernel time, loss difference
+#   app    the plain loop with and without liger, and the app's own path (xtuner train, a job) with
+#          kernels=none and kernels=liger: the before/after of the lever the spec switches
+# Logs and JSON land in $OUT (they come back with the call); the table is the end of the output.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-chat}"
+S=/tmp/site
+if [[ ! -f "$S/.done" ]]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$S" \
+        .gpu/wheels/*.whl && touch "$S/.done" || exit 1
+fi
+export PYTHONPATH="$S" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used --format=csv,noheader
+case "$what" in
+    chat)
+        timeout 560 python3 bench/chat_speed.py --tokenizer .gpu/tokenizer --json "$OUT/chat.json" \
+            > "$OUT/chat.log" 2>&1
+        echo "chat_speed rc=$?"
+        grep -v -i "warn" "$OUT/chat.log" | tail -30
+        ;;
+    levers)
+        timeout 570 python3 bench/train_speed.py --tokenizer .gpu/tokenizer --steps 12 \
+            --levers liger,bf16,noreentrant,compile --compile-limit 150 --app "" \
+            --json "$OUT/levers.json" > "$OUT/levers.log" 2>&1
+        echo "train_speed rc=$?"
+        grep -E "s/iter|FAILED|Error|^path|^plain|^app" "$OUT/levers.log" | tail -40
+        ;;
+    app)
+        timeout 570 python3 bench/train_speed.py --tokenizer .gpu/tokenizer --steps 12 --levers liger \
+            --app none,liger --records 1200 --json "$OUT/app.json" > "$OUT/app.log" 2>&1
+        echo "train_speed rc=$?"
+        grep -E "s/iter|FAILED|Error|^path|^plain|^app" "$OUT/app.log" | tail -40
+        ;;
+    *)
+        echo "usage: bash bench/gpu_levers.sh chat|levers|app" >&2
+        exit 2
+        ;;
+esac
