@@ -7,6 +7,7 @@ Prompts are built with the XTuner template the adapter was trained with, turn by
 from __future__ import annotations
 
 import queue
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -79,9 +80,10 @@ def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | N
                     load_in_4bit: bool = False, template: str = "", fast_decode: bool | None = None) -> ChatModel:
     """Load for chat. ``kind``: base (``model``), adapter (``adapter`` on its base), merged (``model``).
 
-    ``fast_decode`` (default: on where there is a CUDA GPU): decode with a static KV cache and CUDA
-    graphs (tuner/decode.py), captured here, at load time, so the first reply does not pay for it;
-    models or settings it does not handle fall back to ``generate``."""
+    ``fast_decode``: decode with a static KV cache and CUDA graphs (tuner/decode.py), captured here, at
+    load time, so the first reply does not pay for it; models or settings it does not handle fall back
+    to ``generate``. Default: off until bench/chat_speed.py has measured it on the GPU machine (set
+    TUNER_FAST_DECODE=1 to turn it on where there is a CUDA GPU)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -129,7 +131,7 @@ def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | N
     chat = ChatModel(llm, tokenizer, saved or _template(template_name), template_name, info.get("system", ""),
                      described[kind])
     if fast_decode is None:
-        fast_decode = cuda
+        fast_decode = cuda and os.environ.get("TUNER_FAST_DECODE", "0") == "1"
     if fast_decode:
         _prepare_fast_decode(chat, graphs=cuda)
     return chat
