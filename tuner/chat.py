@@ -242,11 +242,24 @@ def _generate_pieces(chat: ChatModel, inputs, settings: GenerationSettings) -> I
 def _fast_decode_fits(chat: ChatModel, prompt_tokens: int, settings: GenerationSettings) -> bool:
     from tuner.decode import DecodeUnsupported, generation_config_supported
 
+    length = prompt_tokens + settings.max_new_tokens + 1
     try:
-        chat.decoder.bucket(prompt_tokens + settings.max_new_tokens + 1)
+        chat.decoder.bucket(length)
     except DecodeUnsupported:
         return False
-    return generation_config_supported(chat.decoder.base, _generation_kwargs(chat, settings))
+    if not generation_config_supported(chat.decoder.base, _generation_kwargs(chat, settings)):
+        return False
+    try:
+        with chat.lock:
+            chat.decoder.prepare(length)  # a longer conversation: its cache size's graph, captured now
+    except Exception as error:  # noqa: BLE001 - the chat goes on with generate
+        import logging
+
+        logging.getLogger(__name__).warning("fast decoding off for this model, using generate: %s", error)
+        chat.decoder = None
+        chat.decoding = f"generate (fast decoding failed: {type(error).__name__}: {error})"[:300]
+        return False
+    return True
 
 
 def _fast_pieces(chat: ChatModel, prompt_ids: list[int], settings: GenerationSettings) -> Iterator[str]:

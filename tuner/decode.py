@@ -180,14 +180,21 @@ class StaticDecoder:
     def warm_up(self, length: int = 512) -> float:
         """Capture the step for sequences up to ``length`` tokens now, and check it (``self_check``);
         returns the seconds it took."""
+        started = time.perf_counter()
+        self.prepare(min(length, self.limit))
+        return time.perf_counter() - started
+
+    def prepare(self, length: int) -> None:
+        """Make sure the step for ``length`` tokens is captured and checked (a new cache size captures
+        a new graph): raises here, before any token, rather than in the middle of a reply."""
         import torch
 
-        started = time.perf_counter()
+        size = self.bucket(length)
+        if size in self._graphs or not self.graphs:
+            return
         with self.lock, torch.no_grad():
-            self._step_fn(self.bucket(length))
-        if self.graphs:
-            self.self_check(min(length, self.limit))
-        return time.perf_counter() - started
+            self._step_fn(size)
+        self.self_check(size)
 
     def self_check(self, length: int, steps: int = 4) -> None:
         """Replay the captured step against the same step run eagerly, on the same inputs, for a few
