@@ -144,6 +144,11 @@ def spec_problems(spec: TrainSpec, cuda_available: bool | None = None) -> list[s
     return problems
 
 
+def has_cuda() -> bool:
+    """Whether this machine has a CUDA GPU (the UI asks this to choose defaults)."""
+    return _cuda_available()
+
+
 def _cuda_available() -> bool:
     import torch
 

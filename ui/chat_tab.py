@@ -12,6 +12,7 @@ from tuner.chat import ChatLoadError, ChatModelCache, GenerationSettings, stream
 from tuner.convert import read_adapter_info
 from tuner.jobs import JobState, get_job, list_jobs
 from tuner.models import EMBEDDED_MODEL
+from tuner.spec import has_cuda
 from ui.feedback import guarded, info
 from ui.i18n import Labels, t
 
@@ -104,7 +105,7 @@ def respond(lang: str, message: str, after: list, before: list, compare: bool, k
 
 
 def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
-    cuda = _cuda()
+    cuda = has_cuda()
     with gr.Row():
         kind = labels(gr.Radio, choices_key=[("chat.base", "base"), ("chat.adapter", "adapter"),
                                              ("chat.merged", "merged")],
@@ -151,11 +152,3 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
     refresh.click(lambda j: gr.update(choices=finished_jobs(), value=j or (finished_jobs() or [None])[0]), job, job)
     return SimpleNamespace(job=job, refresh=refresh)
 
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
-        return False

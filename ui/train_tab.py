@@ -21,6 +21,7 @@ from tuner.models import EMBEDDED_MODEL, guess_template, resolve_model, template
 from tuner.progress import ProgressCache
 from tuner.spec import DEEPSPEED_CHOICES, PRECISIONS, PRESETS, TrainSpec, render_config, spec_for_model, spec_problems
 from ui.data_tab import _tokenizer
+from tuner.spec import has_cuda
 from ui.feedback import guarded, info, ok
 from ui.i18n import Labels, t
 
@@ -32,21 +33,13 @@ FIELDS = BASIC + ADVANCED
 _progress = ProgressCache()
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
-        return False
-
 
 def model_choices() -> list[tuple[str, str]]:
     return [(preset.label, preset.model) for preset in PRESETS.values()]
 
 
 def default_method(model: str) -> str:
-    return spec_for_model(model).method if _cuda() else "lora"
+    return spec_for_model(model).method if has_cuda() else "lora"
 
 
 def field_component(labels: Labels, name: str, default):
@@ -112,7 +105,7 @@ def preview(lang: str, model: str, template: str, method: str, dataset: str, *va
     stats = dataset_stats(records, _tokenizer(spec.model), spec.prompt_template, spec.max_length)
     tokens = sum(min(n, spec.max_length) for n in stats.token_lengths)
     shape = model_shape(model_path)
-    estimate = estimate_training(spec, shape, tokens, _cuda()).describe() if shape else t("train.no_estimate", lang)
+    estimate = estimate_training(spec, shape, tokens, has_cuda()).describe() if shape else t("train.no_estimate", lang)
     text = f"**{t('train.estimate', lang)}:** {estimate}"
     if problems:
         text = "\n".join(f"- ⚠️ {p}" for p in problems) + "\n\n" + text
