@@ -8,7 +8,9 @@ make_model), NF4 QLoRA r=64 on all linear layers, packed 2048-token sequences, b
 checkpointing, SDPA attention, bf16 compute:
   (a) app: the config TrainSpec renders, run by `xtuner train` as a job;
   (b) plain: a hand-written loop with the same settings (the baseline).
-Prints tokens/s, peak memory and the ratio; writes JSON with --json.
+Prints tokens/s, peak memory, the ratio, GPU kernel ms per step (profiled on the plain loop's last step)
+and GPU busy % (kernel time / wall time per step); '–' where a figure is unknown (the app rows have no
+profile). Writes JSON with --json.
 
 --levers adds rows: the plain loop with each speed lever added in turn (from the same LoRA weights, on
 the same batches, so the loss difference to the plain loop is a correctness check): liger (Liger Kernel's
@@ -51,6 +53,22 @@ def load_qlora(model_dir: Path, seed: int = 0):
     model = get_peft_model(model, lora)
     model.train()  # from_pretrained leaves eval mode, where checkpointing is off
     return model
+
+
+def cell(value, spec: str, suffix: str = "") -> str:
+    """A table cell: ``value`` formatted with ``spec``, or '–' (right-aligned to the same width) when unknown."""
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    if value is None:
+        return f"{'–':>{int(width) + len(suffix)}s}" if width else "–"
+    return f"{value:{spec}}{suffix}"
+
+
+def gpu_busy_percent(row: dict) -> float | None:
+    """Profiled GPU kernel time per step over wall time per step, in percent; None where either is unknown."""
+    gpu_ms, seconds = row.get("gpu_kernel_ms_per_iter"), row.get("seconds_per_iter")
+    if gpu_ms is None or not seconds:
+        return None
+    return 100 * gpu_ms / (seconds * 1000)
 
 
 # Levers tried on the plain loop, applied in the order given (each on top of the ones before).
@@ -171,7 +189,8 @@ def plain_rows(model_dir: Path, steps: int, levers: list[str], seed: int = 0, pr
             row["max_loss_diff"] = max(abs(a - b) for a, b in zip(base, row["losses"]))
         rows.append(row)
         print(f"{name}: {row['seconds_per_iter']:.3f} s/iter, {row['tokens_per_s']:.0f} tok/s, "
-              f"{row['peak_memory_gib']:.2f} GiB, GPU kernels {row['gpu_kernel_ms_per_iter']} ms, "
+              f"{row['peak_memory_gib']:.2f} GiB, GPU kernels {cell(row['gpu_kernel_ms_per_iter'], '.0f')} ms "
+              f"(busy {cell(gpu_busy_percent(row), '.0f')}%), "
               f"losses {[round(x, 4) for x in row['losses'][:4]]}, first iter {row['first_iter_s']:.1f} s "
               f"({note})", flush=True)
     del model
@@ -278,8 +297,9 @@ def cpu_main(args) -> int:
         if not row.get("tokens_per_s"):
             print(f"{row['name']:22s} failed: {row.get('reason') or row.get('state')}")
             continue
-        print(f"{row['name']:22s} {row['seconds_per_iter']:8.3f} {row['tokens_per_s']:9.0f} "
-              f"{row['tokens_per_s'] / plain['tokens_per_s']:8.2f}x")
+        ratio = row["tokens_per_s"] / plain["tokens_per_s"] if plain.get("tokens_per_s") else None
+        print(f"{row['name']:22s} {cell(row.get('seconds_per_iter'), '8.3f')} {cell(row['tokens_per_s'], '9.0f')} "
+              f"{cell(ratio, '8.2f', 'x')}")
     if args.json:
         Path(args.json).write_text(json.dumps({"plain": plain, "app": app}, indent=2))
     return 0
@@ -320,18 +340,18 @@ def main() -> int:
     else:
         apps = [app_path(model, args.records, kernels) for kernels in args.app.split(",") if kernels]
     print(f"\ntraining, 7B-shaped Llama, NF4 QLoRA r=64, packed {SEQ}, batch 1 ({torch.cuda.get_device_name()})\n")
-    print(f"{'path':40s} {'s/iter':>7s} {'tokens/s':>9s} {'peak GiB':>9s} {'vs plain':>9s} {'GPU ms':>7s}  loss diff")
+    print(f"{'path':40s} {'s/iter':>7s} {'tokens/s':>9s} {'peak GiB':>9s} {'vs plain':>9s} {'GPU ms':>7s} "
+          f"{'GPU busy %':>10s}  loss diff")
     base = plain[0].get("tokens_per_s")
     for row in plain + apps:
         if "error" in row or not row.get("tokens_per_s"):
             print(f"{row['name']:40s} failed: {row.get('error') or row.get('reason') or row.get('state')}")
             continue
-        ratio = row["tokens_per_s"] / base if base else 0
+        ratio = row["tokens_per_s"] / base if base else None
         gpu = row.get("gpu_kernel_ms_per_iter")
-        diff = row.get("max_loss_diff")
-        print(f"{row['name']:40s} {row['seconds_per_iter']:7.3f} {row['tokens_per_s']:9.0f} "
-              f"{row['peak_memory_gib']:9.2f} {ratio:8.2f}x {gpu if gpu is None else round(gpu):>7}  "
-              f"{'' if diff is None else f'{diff:.4f}'}")
+        print(f"{row['name']:40s} {cell(row.get('seconds_per_iter'), '7.3f')} {cell(row['tokens_per_s'], '9.0f')} "
+              f"{cell(row.get('peak_memory_gib'), '9.2f')} {cell(ratio, '8.2f', 'x')} {cell(gpu, '7.0f')} "
+              f"{cell(gpu_busy_percent(row), '10.0f')}  {cell(row.get('max_loss_diff'), '.4f')}")
     if args.json:
         Path(args.json).write_text(json.dumps({"plain": plain, "app": apps}, indent=2))
     return 0

@@ -1,4 +1,4 @@
-"""Publish a job's adapter or merged model, or the chat app, to a hub: stage, check, push.
+"""Publish a job's adapter or merged model, the chat app, or the studio itself to a hub: stage, check, push.
 
 Tokens come from the caller (a password field) or the usual variables; they are handed to the hub's
 client and nowhere else: not to a log, not to the job folder, not into what is pushed.
@@ -15,7 +15,7 @@ from deploy.hubs.base import PublishError, PushResult
 from deploy.stage import check_no_secrets, stage_adapter, stage_app, stage_merged
 
 HUBS = ("hf", "modelscope", "openxlab")
-WHAT = ("adapter", "model", "app")
+WHAT = ("adapter", "model", "app", "studio")
 TOKEN_VARIABLES = {"hf": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), "modelscope": ("MODELSCOPE_API_TOKEN",)}
 
 
@@ -46,14 +46,18 @@ def hub_client(hub: str, endpoint: str | None = None):
 
 
 def stage(what: str, out_dir: Path, repo_id: str, job=None, hub: str = "hf", model_repo: str = "",
-          license: str = "apache-2.0", title: str = "") -> Path:
-    """Write exactly the folder that would be pushed."""
+          license: str = "apache-2.0", title: str = "", hardware: str | None = None) -> Path:
+    """Write exactly the folder that would be pushed (``hardware``: the studio's, see deploy/studio.py)."""
     if what == "adapter":
         return stage_adapter(_need(job), out_dir, repo_id, license)
     if what == "model":
         return stage_merged(_need(job), out_dir, repo_id, license)
     if what == "app":
         return stage_app(out_dir, model_repo, hub, title or (repo_id.split("/")[-1] if repo_id else "My assistant"))
+    if what == "studio":
+        from deploy.studio import stage_studio
+
+        return stage_studio(out_dir, hub, repo_id, hardware)
     raise PublishError("other", f"cannot publish {what!r}; choose one of {', '.join(WHAT)}")
 
 
@@ -65,7 +69,12 @@ def _need(job):
 
 def publish(what: str, hub: str, repo_id: str, *, job=None, token: str | None = None, private: bool = False,
             model_repo: str = "", endpoint: str | None = None, license: str = "apache-2.0",
-            progress: Callable[[str], None] = lambda _: None) -> PushResult:
+            hardware: str | None = None, progress: Callable[[str], None] = lambda _: None) -> PushResult:
+    if what == "studio":  # a Space on hf; ModelScope and OpenXLab answer with the steps to take by hand
+        from deploy.studio import publish_studio
+
+        return publish_studio(hub, repo_id, token=token, hardware=hardware, private=private, endpoint=endpoint,
+                              progress=progress)
     token = resolve_token(hub, token)
     if not token:
         raise PublishError("bad_token", f"no token given for {hub}")

@@ -8,6 +8,7 @@ every file before a push.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from deploy.card import loss_curve_png, model_card, public_base_model
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tuner_adapter.json")
 SPACE_TEMPLATE = Path(__file__).parent / "space_template"
 # What the chat-only app needs of tuner/ (it never trains, so no XTuner in the Space).
-TUNER_FILES_FOR_CHAT = ("__init__.py", "chat.py", "decode.py", "models.py", "convert.py", "progress.py", "paths.py")
+TUNER_FILES_FOR_CHAT = ("__init__.py", "chat.py", "decode.py", "batching.py", "model_cache.py", "models.py", "convert.py",
+                        "progress.py", "paths.py")
 GRADIO_VERSION = "6.17.3"
 
 
@@ -161,3 +163,15 @@ def check_no_secrets(folder: Path, secrets: list[str]) -> None:
             data = path.read_bytes()
             if any(needle in data for needle in needles):
                 raise StageError(f"{path.relative_to(folder)} contains a token: not pushed.")
+
+
+# A Hugging Face user access token: "hf_" and 34 letters or digits today; 30 or more is matched.
+HF_TOKEN_PATTERN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
+
+
+def check_no_token_patterns(folder: Path) -> None:
+    """Refuse a folder in which anything looks like a Hugging Face token, whoever's it is."""
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and HF_TOKEN_PATTERN.search(path.read_bytes()):
+            raise StageError(f"{path.relative_to(folder)} contains what looks like a Hugging Face token "
+                             "(hf_...): not pushed. Remove it from that file.")

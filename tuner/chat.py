@@ -10,13 +10,12 @@ import queue
 import os
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from tuner.convert import read_adapter_info
-from tuner.models import guess_template, resolve_model
+from tuner.models import asks_for_remote_code, guess_template, remote_code_allowed, resolve_model
 
 KINDS = ("base", "adapter", "merged")
 
@@ -43,22 +42,18 @@ class ChatModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     decoder: object | None = None  # tuner.decode.StaticDecoder when fast decoding is on
     decoding: str = "generate"  # how replies are decoded, for the user: "CUDA graphs (ready in 1.2 s)"
+    batcher: object | None = None  # tuner.batching.Batcher, made at the first reply; False: this model cannot batch
+    replies: int = 0  # replies being written now: a model that is replying is never evicted
 
 
 class ChatLoadError(Exception):
     """The model or adapter could not be loaded (say which, and why)."""
 
 
-TEMPLATES_SNAPSHOT = Path(__file__).parent / "prompt_templates.json"
-
-
 def _template(name: str) -> dict:
-    try:
-        from xtuner.utils import PROMPT_TEMPLATE
-    except ImportError:  # a chat-only app bundle: XTuner's table, saved when the bundle was made
-        import json
+    from tuner.models import prompt_templates  # without XTuner (a chat-only bundle): the saved table
 
-        PROMPT_TEMPLATE = json.loads(TEMPLATES_SNAPSHOT.read_text(encoding="utf-8"))
+    PROMPT_TEMPLATE = prompt_templates()
     if name not in PROMPT_TEMPLATE:
         raise ChatLoadError(f"Unknown prompt template {name!r}.")
     return dict(PROMPT_TEMPLATE[name])
@@ -103,7 +98,8 @@ def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | N
         info = read_adapter_info(Path(model))
     template_name = template or info.get("template") or guess_template(model)
     cuda = torch.cuda.is_available()
-    kwargs: dict = {"torch_dtype": torch.float32, "trust_remote_code": True}
+    trust = remote_code_allowed(model)
+    kwargs: dict = {"torch_dtype": torch.float32, "trust_remote_code": trust}
     if cuda:
         kwargs["torch_dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         kwargs["device_map"] = "cuda"
@@ -116,8 +112,11 @@ def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | N
     elif load_in_4bit:
         raise ChatLoadError("4-bit loading needs a CUDA GPU; this machine has none.")
     path = resolve_model(model)
+    if not trust and asks_for_remote_code(path):
+        raise ChatLoadError(f"{model} asks to run its own code (trust_remote_code), which is off for models the "
+                            "owner has not allowed: add it to TUNER_TRUSTED_MODELS to allow it.")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
         llm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         if kind == "adapter":
             from peft import PeftModel
@@ -174,28 +173,134 @@ def _stop_ids(chat: ChatModel) -> list[int]:
     return sorted(ids)
 
 
-def stream_reply(chat: ChatModel, message: str, history: list[tuple[str, str]] | None = None,
-                 system: str | None = None, settings: GenerationSettings | None = None) -> Iterator[str]:
-    """Yield the reply as it grows (the whole text so far each time); stops at end of turn."""
-    settings = settings or GenerationSettings()
+class PromptTooLong(ValueError):
+    """The conversation does not fit in the model's context (say how long it is, and the limit)."""
+
+
+@dataclass
+class ReplyUsage:
+    """Filled in by ``stream_reply`` as the reply grows: what the OpenAI API reports."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # generated tokens, the end-of-turn token included
+    finish_reason: str = ""  # stop: end of turn or a stop string; length: max_new_tokens
+
+
+_END = object()
+_REPLIES = threading.Lock()
+
+
+def prompt_token_ids(chat: ChatModel, message: str, history: list[tuple[str, str]] | None = None,
+                     system: str | None = None) -> list[int]:
     prompt = build_prompt(chat.template, message, history, chat.system if system is None else system)
-    inputs = chat.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    stops = [w for w in chat.template.get("STOP_WORDS", []) if w]
-    if settings.fast_decode and chat.decoder is not None and \
-            _fast_decode_fits(chat, inputs["input_ids"].shape[-1], settings):
-        pieces = _fast_pieces(chat, inputs["input_ids"][0].tolist(), settings)
-    else:
-        pieces = _generate_pieces(chat, inputs, settings)
-    text = ""
+    return chat.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def context_length(chat: ChatModel) -> int:
+    """Tokens the model reads at most, prompt and reply together."""
+    config = getattr(chat.model, "config", None)
+    return int(getattr(config, "max_position_embeddings", 0) or 0) or 1 << 30
+
+
+def stream_reply(chat: ChatModel, message: str, history: list[tuple[str, str]] | None = None,
+                 system: str | None = None, settings: GenerationSettings | None = None, *,
+                 stop: Sequence[str] = (), usage: ReplyUsage | None = None) -> Iterator[str]:
+    """Yield the reply as it grows (the whole text so far each time); stops at end of turn, at a stop string
+    (``stop``, besides the template's; never shown, not even in part), or at ``max_new_tokens``.
+
+    Concurrent replies from one model are decoded together (tuner/batching.py); closing the generator
+    (the visitor left) stops this reply's decoding. ``usage`` is filled in as the reply goes."""
+    settings = settings or GenerationSettings()
+    usage = usage if usage is not None else ReplyUsage()
+    ids = prompt_token_ids(chat, message, history, system)
+    usage.prompt_tokens = len(ids)
+    limit = context_length(chat)
+    if len(ids) >= limit:
+        raise PromptTooLong(f"The conversation is {len(ids)} tokens and this model reads at most {limit}: "
+                            "clear the chat or shorten the message.")
+    settings = replace(settings, max_new_tokens=min(settings.max_new_tokens, limit - len(ids)))
+    stops = [w for w in list(chat.template.get("STOP_WORDS", [])) + list(stop) if w]
+    _count_reply(chat, 1)
     try:
-        for text in pieces:
-            cut = min((text.find(w) for w in stops if w in text), default=-1)
-            if cut >= 0:
-                yield text[:cut].strip()
-                break
+        pieces = _pieces(chat, ids, settings, usage)
+        shown, text = None, ""
+        try:
+            for text in pieces:
+                cut = min((text.find(w) for w in stops if w in text), default=-1)
+                if cut >= 0:
+                    usage.finish_reason = "stop"
+                    yield text[:cut].strip()
+                    return
+                visible = text[:len(text) - _partial_stop(text, stops)].strip()
+                if visible != shown:
+                    shown = visible
+                    yield visible
+        finally:
+            pieces.close()  # stops the decoding when the caller stops early
+        if text.strip() != shown:
             yield text.strip()
     finally:
-        pieces.close()  # stops the decoding thread when the caller stops early
+        _count_reply(chat, -1)
+
+
+def _partial_stop(text: str, stops: list[str]) -> int:
+    """How many characters at the end of ``text`` may be the start of a stop string (held back until known)."""
+    return max((n for w in stops for n in range(min(len(w) - 1, len(text)), 0, -1) if text.endswith(w[:n])),
+               default=0)
+
+
+def _count_reply(chat: ChatModel, change: int) -> None:
+    with _REPLIES:
+        chat.replies += change
+
+
+def _pieces(chat: ChatModel, ids: list[int], settings: GenerationSettings, usage: ReplyUsage) -> Iterator[str]:
+    """The reply so far, growing, from the best decoder for this model and moment: the static-cache decoder
+    for a reply alone (batch 1, the GPU's CUDA graphs), else the batch of concurrent replies, else
+    ``generate`` (models or settings the batching does not handle; one reply at a time)."""
+    alone = chat.replies <= 1 and not (chat.batcher and chat.batcher.busy)
+    if settings.fast_decode and chat.decoder is not None and alone and _fast_decode_fits(chat, len(ids), settings):
+        return _fast_pieces(chat, ids, settings, usage)
+    batcher = _batcher(chat, settings)
+    if batcher is not None:
+        return _batched_pieces(chat, batcher, ids, settings, usage)
+    return _generate_pieces(chat, ids, settings, usage)
+
+
+def _batcher(chat: ChatModel, settings: GenerationSettings):
+    """The model's batcher (made on first use), or None where batching is off or cannot serve these settings."""
+    if os.environ.get("TUNER_BATCHING", "1") == "0":  # one reply at a time, as before (benchmarks compare)
+        return None
+    try:
+        from tuner.batching import Batcher, supports_batching
+        from tuner.decode import generation_config_supported
+    except ImportError:  # a bundle made without them
+        return None
+    if not generation_config_supported(chat.model, _generation_kwargs(chat, settings)):
+        return None
+    with _REPLIES:
+        if chat.batcher is None:
+            chat.batcher = Batcher(chat.model, chat.lock) if supports_batching(chat.model) else False
+    return chat.batcher or None
+
+
+def _sampling(settings: GenerationSettings):
+    from tuner.decode import Sampling
+
+    return Sampling(max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens,
+                    temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                    repetition_penalty=settings.repetition_penalty)
+
+
+def _batched_pieces(chat: ChatModel, batcher, ids: list[int], settings: GenerationSettings,
+                    usage: ReplyUsage) -> Iterator[str]:
+    stop_ids = _stop_ids(chat)
+    request = batcher.submit(ids, _sampling(settings), stop_ids)
+    from tuner.batching import END
+
+    try:
+        yield from _detokenized(chat, request.tokens, END, set(stop_ids), usage)
+    finally:
+        request.cancel()  # the batch drops it at the next step when it is still decoding
 
 
 def _generation_kwargs(chat: ChatModel, settings: GenerationSettings) -> dict:
@@ -208,20 +313,30 @@ def _generation_kwargs(chat: ChatModel, settings: GenerationSettings) -> dict:
     return kwargs
 
 
-def _generate_pieces(chat: ChatModel, inputs, settings: GenerationSettings) -> Iterator[str]:
+def _generate_pieces(chat: ChatModel, ids: list[int], settings: GenerationSettings,
+                     usage: ReplyUsage) -> Iterator[str]:
     """The reply so far, growing, from ``generate`` with a streamer (the path for every model)."""
     import torch
-    from transformers import TextIteratorStreamer
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-    inputs = {k: v.to(chat.model.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+    cancelled = threading.Event()
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    input_ids = torch.tensor([ids], dtype=torch.long, device=chat.model.device)
     streamer = TextIteratorStreamer(chat.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-    kwargs = dict(**inputs, streamer=streamer, **_generation_kwargs(chat, settings))
+    kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
+                  stopping_criteria=StoppingCriteriaList([Cancelled()]), **_generation_kwargs(chat, settings))
     errors: list[BaseException] = []
+    generated: list[int] = []
 
     def generate() -> None:
         try:
             with chat.lock, torch.inference_mode():
-                chat.model.generate(**kwargs)
+                output = chat.model.generate(**kwargs)
+                generated.append(output.shape[-1] - input_ids.shape[-1])
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
             errors.append(error)
             streamer.end()
@@ -234,9 +349,13 @@ def _generate_pieces(chat: ChatModel, inputs, settings: GenerationSettings) -> I
             text += piece
             yield text
     finally:
+        cancelled.set()
         thread.join()
     if errors:
         raise errors[0]
+    usage.completion_tokens = generated[0] if generated else 0
+    usage.finish_reason = usage.finish_reason or ("length" if usage.completion_tokens >= settings.max_new_tokens
+                                                  else "stop")
 
 
 def _fast_decode_fits(chat: ChatModel, prompt_tokens: int, settings: GenerationSettings) -> bool:
@@ -262,58 +381,64 @@ def _fast_decode_fits(chat: ChatModel, prompt_tokens: int, settings: GenerationS
     return True
 
 
-def _fast_pieces(chat: ChatModel, prompt_ids: list[int], settings: GenerationSettings) -> Iterator[str]:
+def _fast_pieces(chat: ChatModel, prompt_ids: list[int], settings: GenerationSettings,
+                 usage: ReplyUsage) -> Iterator[str]:
     """The reply so far, growing, from the static-cache decoder (tuner/decode.py), run in a thread so a
-    slow consumer does not hold the GPU back. New text is yielded as soon as it decodes to whole
-    characters (``generate``'s streamer waits for the end of each word)."""
-    from tuner.decode import Sampling
-
-    sampling = Sampling(max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens,
-                        temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                        repetition_penalty=settings.repetition_penalty)
+    slow consumer does not hold the GPU back."""
     stop_ids = _stop_ids(chat)
     tokens: queue.Queue = queue.Queue()
     cancelled = threading.Event()
-    end = object()
 
     def produce() -> None:
         try:
             with chat.lock:
-                for token in chat.decoder.decode(prompt_ids, sampling, stop_ids, cancelled):
+                for token in chat.decoder.decode(prompt_ids, _sampling(settings), stop_ids, cancelled):
                     tokens.put(token)
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
             tokens.put(error)
-        tokens.put(end)
+        tokens.put(_END)
 
     thread = threading.Thread(target=produce, daemon=True)
     thread.start()
-    ids: list[int] = []
-    shown = ""
-    finished = False
     try:
-        while not finished:
-            batch = [tokens.get(timeout=600)]
-            while True:  # take everything already decoded: one detokenization for the lot
-                try:
-                    batch.append(tokens.get_nowait())
-                except queue.Empty:
-                    break
-            for item in batch:
-                if item is end:
-                    finished = True
-                elif isinstance(item, BaseException):
-                    raise item
-                elif item not in stop_ids:
-                    ids.append(item)
-            text = chat.tokenizer.decode(ids, skip_special_tokens=True)
-            if text.endswith("\ufffd") and not finished:
-                continue  # a character cut in the middle of its bytes: wait for the rest
-            if text != shown or finished:
-                shown = text
-                yield text
+        yield from _detokenized(chat, tokens, _END, set(stop_ids), usage)
     finally:
         cancelled.set()
         thread.join()
+
+
+def _detokenized(chat: ChatModel, tokens: queue.Queue, end: object, stop_ids: set[int],
+                 usage: ReplyUsage) -> Iterator[str]:
+    """The text of the token ids arriving on ``tokens`` (until ``end``; an exception there is raised), yielded
+    as soon as it decodes to whole characters (``generate``'s streamer waits for the end of each word)."""
+    ids: list[int] = []
+    shown = ""
+    finished = False
+    while not finished:
+        batch = [tokens.get(timeout=600)]
+        while True:  # take everything already decoded: one detokenization for the lot
+            try:
+                batch.append(tokens.get_nowait())
+            except queue.Empty:
+                break
+        for item in batch:
+            if item is end:
+                finished = True
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                usage.completion_tokens += 1
+                if item in stop_ids:
+                    usage.finish_reason = "stop"
+                else:
+                    ids.append(item)
+        text = chat.tokenizer.decode(ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") and not finished:
+            continue  # a character cut in the middle of its bytes: wait for the rest
+        if text != shown or finished:
+            shown = text
+            yield text
+    usage.finish_reason = usage.finish_reason or "length"
 
 
 def reply(chat: ChatModel, message: str, history: list[tuple[str, str]] | None = None,
@@ -324,23 +449,4 @@ def reply(chat: ChatModel, message: str, history: list[tuple[str, str]] | None =
     return text
 
 
-class ChatModelCache:
-    """Keeps the last few loaded models, so a conversation does not reload at every message."""
-
-    def __init__(self, size: int = 3):
-        self.size = size
-        self._models: OrderedDict[tuple, ChatModel] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, kind: str, model: str = "", adapter: str | Path | None = None,
-            load_in_4bit: bool = False, template: str = "", fast_decode: bool | None = None) -> ChatModel:
-        key = (kind, model, str(adapter or ""), load_in_4bit, template, fast_decode)
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-            loaded = load_chat_model(kind, model, adapter, load_in_4bit, template, fast_decode)
-            self._models[key] = loaded
-            while len(self._models) > self.size:
-                self._models.popitem(last=False)
-            return loaded
+from tuner.model_cache import ChatModelCache, shared_cache  # noqa: E402,F401 - bounded by memory; here for the UI

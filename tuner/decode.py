@@ -63,6 +63,39 @@ def generation_config_supported(model, overrides: dict) -> bool:
     return True
 
 
+def choose_next(logits, seen, count: int, step: int, sampling: Sampling, stop_ids):
+    """The next token, as ``generate`` picks it (processors in its order), as a (1, 1) tensor. ``logits``: (1, vocab);
+    ``seen``: (1, >= count) ids so far (for the repetition penalty); ``step``: how many tokens were generated before."""
+    import torch
+
+    scores = logits
+    if sampling.repetition_penalty != 1.0:
+        tokens = seen[:, :count]
+        score = torch.gather(scores, 1, tokens)
+        score = torch.where(score < 0, score * sampling.repetition_penalty, score / sampling.repetition_penalty)
+        scores = scores.scatter(1, tokens, score)
+    if step < sampling.min_new_tokens and stop_ids is not None:
+        scores = scores.clone()
+        scores[:, stop_ids] = -float("inf")
+    if sampling.temperature <= 0:
+        return torch.argmax(scores, dim=-1, keepdim=True)
+    if sampling.temperature != 1.0:
+        scores = scores / sampling.temperature
+    if sampling.top_k:
+        top_k = min(sampling.top_k, scores.size(-1))
+        threshold = torch.topk(scores, top_k)[0][..., -1, None]
+        scores = scores.masked_fill(scores < threshold, -float("inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1 - sampling.top_p)
+        remove[..., -1:] = 0
+        remove = remove.scatter(1, sorted_indices, remove)
+        scores = scores.masked_fill(remove, -float("inf"))
+    probs = torch.nn.functional.softmax(scores, dim=-1)
+    return torch.multinomial(probs, num_samples=1)
+
+
 def _base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -223,35 +256,7 @@ class StaticDecoder:
 
     # ------------------------------------------------------------------------------------- choice
     def _choose(self, logits, seen, count: int, step: int, sampling: Sampling, stop_ids):
-        """The next token, as ``generate`` picks it (processors in its order), as a (1, 1) tensor."""
-        import torch
-
-        scores = logits
-        if sampling.repetition_penalty != 1.0:
-            tokens = seen[:, :count]
-            score = torch.gather(scores, 1, tokens)
-            score = torch.where(score < 0, score * sampling.repetition_penalty, score / sampling.repetition_penalty)
-            scores = scores.scatter(1, tokens, score)
-        if step < sampling.min_new_tokens and stop_ids is not None:
-            scores = scores.clone()
-            scores[:, stop_ids] = -float("inf")
-        if sampling.temperature <= 0:
-            return torch.argmax(scores, dim=-1, keepdim=True)
-        if sampling.temperature != 1.0:
-            scores = scores / sampling.temperature
-        if sampling.top_k:
-            top_k = min(sampling.top_k, scores.size(-1))
-            threshold = torch.topk(scores, top_k)[0][..., -1, None]
-            scores = scores.masked_fill(scores < threshold, -float("inf"))
-        if sampling.top_p < 1.0:
-            sorted_logits, sorted_indices = torch.sort(scores, descending=False)
-            cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            remove = cumulative <= (1 - sampling.top_p)
-            remove[..., -1:] = 0
-            remove = remove.scatter(1, sorted_indices, remove)
-            scores = scores.masked_fill(remove, -float("inf"))
-        probs = torch.nn.functional.softmax(scores, dim=-1)
-        return torch.multinomial(probs, num_samples=1)
+        return choose_next(logits, seen, count, step, sampling, stop_ids)
 
     # ------------------------------------------------------------------------------------- decode
     def decode(self, prompt_ids: Sequence[int], sampling: Sampling, stop_ids: Sequence[int] = (),

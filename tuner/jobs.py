@@ -72,6 +72,9 @@ class JobStatus:
     resumed_from: str = ""
     merge_after: bool = False
     queued: float = 0.0  # when the job joined the line for a device (time.time())
+    publish_after: dict | None = None  # {"hub", "repo", "private"}: push the adapter when training succeeds
+    published: str = ""  # the adapter's page, once pushed
+    publish_error: str = ""
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -139,9 +142,9 @@ class Job:
         return read_progress(self.log_path, self.template())
 
     def template(self) -> dict:
-        from xtuner.utils import PROMPT_TEMPLATE
+        from tuner.models import prompt_templates
 
-        return dict(PROMPT_TEMPLATE.get(self.spec().prompt_template, {}))
+        return dict(prompt_templates().get(self.spec().prompt_template, {}))
 
     def checkpoints(self) -> list[Path]:
         found = []
@@ -299,8 +302,13 @@ def create_job(spec: TrainSpec, name: str = "") -> Job:
     return job
 
 
-def start_job(job: Job, resume: bool = False, merge_after: bool = False) -> JobStatus:
-    """Start (or resume) the job's training in the background and return at once."""
+def start_job(job: Job, resume: bool = False, merge_after: bool = False, publish_after: dict | None = None,
+              secret_env: dict[str, str] | None = None) -> JobStatus:
+    """Start (or resume) the job's training in the background and return at once.
+
+    ``publish_after``: push the adapter to a hub when training succeeds (``{"hub", "repo", "private"}``).
+    ``secret_env``: variables (a token) for the job's processes only: in their environment, never on disk.
+    """
     status = job.status()
     if status.state in (JobState.QUEUED, JobState.RUNNING, JobState.CONVERTING):
         raise JobError(f"Job {job.id} is already {status.state.value}.")
@@ -310,7 +318,7 @@ def start_job(job: Job, resume: bool = False, merge_after: bool = False) -> JobS
     command = [sys.executable, "-m", "tuner.supervisor", str(job.dir)]
     if resume:
         command.append("--resume")
-    env = dict(os.environ)
+    env = dict(os.environ, **(secret_env or {}))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent.parent),
                                                     env.get("PYTHONPATH", "")) if p)
     with (job.dir / "supervisor.log").open("a", encoding="utf-8") as log:
@@ -321,6 +329,7 @@ def start_job(job: Job, resume: bool = False, merge_after: bool = False) -> JobS
     status.state, status.reason, status.ended, status.train_pgid = JobState.QUEUED, "", "", 0
     status.queued = time.time()
     status.merge_after = merge_after or status.merge_after
+    status.publish_after = publish_after or status.publish_after
     status.started = status.started or now_iso()
     status.supervisor_pid = process.pid
     status.supervisor_started = psutil.Process(process.pid).create_time()

@@ -129,6 +129,25 @@ def resolve_model(model: str) -> str:
     return model  # a hub id such as internlm/internlm2_5-7b-chat
 
 
+def remote_code_allowed(model: str) -> bool:
+    """Whether a model may run its own code (``trust_remote_code``): the presets, and the models the owner
+    listed in ``TUNER_TRUSTED_MODELS`` (comma-separated ids or folders)."""
+    from tuner.spec import PRESETS
+
+    model = (model or "").strip()
+    trusted = {m.strip() for m in os.environ.get("TUNER_TRUSTED_MODELS", "").split(",") if m.strip()}
+    return is_embedded(model) or model in trusted or model in {preset.model for preset in PRESETS.values()}
+
+
+def asks_for_remote_code(folder: str | Path) -> bool:
+    """A model folder whose config maps its classes to its own Python files (``auto_map``)."""
+    config = Path(folder) / "config.json"
+    try:
+        return "auto_map" in json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class TemplateRule:
     template: str
@@ -176,7 +195,18 @@ def guess_template(model: str) -> str:
     return "default"
 
 
-def template_names() -> list[str]:
-    from xtuner.utils import PROMPT_TEMPLATE
+TEMPLATES_SNAPSHOT = Path(__file__).parent / "prompt_templates.json"
 
-    return sorted(PROMPT_TEMPLATE.keys())
+
+def prompt_templates() -> dict[str, dict]:
+    """XTuner's PROMPT_TEMPLATE table; before XTuner is installed (a Space starting up, a chat-only
+    bundle), the copy of it saved beside this module (``prompt_templates.json``, XTuner 0.2.0)."""
+    try:
+        from xtuner.utils import PROMPT_TEMPLATE
+    except ImportError:
+        return json.loads(TEMPLATES_SNAPSHOT.read_text(encoding="utf-8"))
+    return {name: dict(template) for name, template in PROMPT_TEMPLATE.items()}
+
+
+def template_names() -> list[str]:
+    return sorted(prompt_templates())

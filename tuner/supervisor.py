@@ -89,6 +89,30 @@ def _convert_after_training(job: Job, status: JobStatus) -> JobStatus:
         status.state, status.reason = JobState.FAILED, str(error)
     status.ended = now_iso()
     job.write_status(status)
+    if status.state == JobState.SUCCEEDED and status.publish_after:
+        status = _publish_after_training(job, status)
+    return status
+
+
+def _publish_after_training(job: Job, status: JobStatus) -> JobStatus:
+    """Push the adapter (private unless asked otherwise) with the token this process was given in its
+    environment (TUNER_PUBLISH_TOKEN, or the hub's usual variables); a failure is recorded, the job stays
+    succeeded."""
+    from deploy.publish import publish
+
+    target = status.publish_after or {}
+    token = os.environ.get("TUNER_PUBLISH_TOKEN") or None
+    try:
+        result = publish("adapter", target.get("hub", "hf"), target["repo"], job=job, token=token,
+                         private=bool(target.get("private", True)), endpoint=target.get("endpoint"))
+        status.published, status.publish_error = result.url, ""
+    except Exception as error:  # noqa: BLE001 - recorded for the page; the adapter stays on disk
+        message = str(error)
+        for secret in (token or "").split(":"):
+            if secret:
+                message = message.replace(secret, "***")
+        status.publish_error = message
+    job.write_status(status)
     return status
 
 

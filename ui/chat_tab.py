@@ -12,7 +12,9 @@ from tuner.chat import ChatLoadError, ChatModelCache, GenerationSettings, stream
 from tuner.convert import read_adapter_info
 from tuner.jobs import JobState, get_job, list_jobs
 from tuner.models import EMBEDDED_MODEL
-from tuner.spec import has_cuda
+from tuner.access import AccessDenied, Mode, check_model_choice, configured_mode, visitor_models
+from tuner.spec import PRESETS, has_cuda
+from ui.access_guard import current_caller, public
 from ui.feedback import guarded, info
 from ui.i18n import Labels, t
 
@@ -23,9 +25,27 @@ def finished_jobs() -> list[str]:
     return [job.id for job in list_jobs() if job.read_status().state == JobState.SUCCEEDED]
 
 
+def model_label(model: str) -> str:
+    """A model as a person knows it: its preset's name, or its id; never a server folder."""
+    names = {preset.model: preset.label for preset in PRESETS.values()}
+    names[EMBEDDED_MODEL] = "SmolLM2-135M-Instruct (embedded)"
+    return names.get(model, Path(model).name if model.startswith(("/", "~", ".")) else model)
+
+
+def check_choice(kind: str, job_id: str | None, adapter_zip: str | None, base: str) -> None:
+    """What a visitor may chat with: finished jobs and the listed models; no upload, no free path."""
+    caller, mode = current_caller(), configured_mode()
+    if adapter_zip and not (caller.owner and mode != Mode.DEMO):
+        raise AccessDenied("Uploading an adapter needs the owner: choose a finished job instead.")
+    if job_id and kind != "base" and job_id not in finished_jobs():
+        raise AccessDenied(f"No finished job named {job_id}.")
+    check_model_choice(mode, caller, base)
+
+
 def chosen_model(lang: str, kind: str, job_id: str | None, adapter_zip: str | None, base: str) -> tuple:
     """(kind, model, adapter) to load, and the base model to show beside it."""
     base = (base or "").strip()
+    check_choice(kind, job_id, adapter_zip, base)
     if kind == "base":
         model = base or EMBEDDED_MODEL
         return ("base", model, None), None
@@ -92,7 +112,9 @@ def respond(lang: str, message: str, after: list, before: list, compare: bool, k
         streams.append((before, stream_reply(side, message, _pairs(before), system or None, settings)))
     for history, _ in streams:
         history.extend([{"role": "user", "content": message}, {"role": "assistant", "content": ""}])
-    status = info(t("chat.talking_to", lang, model=main.description))
+    shown = {"base": model_label(target[1] or EMBEDDED_MODEL),
+             "adapter": f"{job_id or 'adapter'} (adapter)", "merged": f"{job_id or model_label(target[1])} (merged)"}
+    status = info(t("chat.talking_to", lang, model=main.description if current_caller().owner else shown[kind]))
     running = list(streams)
     while running:  # the two models take turns, so both answers grow at once
         for item in list(running):
@@ -104,8 +126,9 @@ def respond(lang: str, message: str, after: list, before: list, compare: bool, k
         yield after, before, "", status
 
 
-def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
+def build(labels: Labels, lang: gr.Radio, mode: Mode | None = None) -> SimpleNamespace:
     cuda = has_cuda()
+    mode = mode or configured_mode()
     with gr.Row():
         kind = labels(gr.Radio, choices_key=[("chat.base", "base"), ("chat.adapter", "adapter"),
                                              ("chat.merged", "merged")],
@@ -114,9 +137,11 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
                      label_key="chat.job", info_key="chat.job_info", elem_id="chat-job", scale=3)
         refresh = labels(gr.Button, value_key="train.refresh", size="sm", scale=0, min_width=90)
     with gr.Row():
-        base = labels(gr.Textbox, label_key="chat.base_model", placeholder_key="chat.base_model_hint",
+        base = labels(gr.Dropdown, choices=[("", "")] + [(model_label(m), m) for m in visitor_models()], value="",
+                      allow_custom_value=True, label_key="chat.base_model", info_key="chat.base_model_hint",
                       elem_id="chat-base", scale=3)
-        with gr.Column(scale=2), labels(gr.Accordion, label_key="chat.adapter_zip", open=False):
+        with gr.Column(scale=2, visible=mode == Mode.LOCAL) as owner_only, \
+                labels(gr.Accordion, label_key="chat.adapter_zip", open=False):
             adapter_zip = labels(gr.File, label_key="chat.adapter_zip", file_types=[".zip"], type="filepath",
                                  height=120)
         with gr.Column(scale=1):
@@ -146,9 +171,10 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
               top_p, max_new, penalty]
     outputs = [after, before, message, status]
     for event in (send.click, message.submit):
-        event(guarded(4, 3)(respond), inputs, outputs, concurrency_limit=4, concurrency_id="chat")
-    clear.click(lambda: ([], [], ""), None, [after, before, status])
-    compare.change(lambda c: gr.update(visible=c), compare, before)
-    refresh.click(lambda j: gr.update(choices=finished_jobs(), value=j or (finished_jobs() or [None])[0]), job, job)
-    return SimpleNamespace(job=job, refresh=refresh)
+        event(public(guarded(4, 3)(respond)), inputs, outputs, concurrency_limit=4, concurrency_id="chat")
+    clear.click(public(lambda: ([], [], "")), None, [after, before, status])
+    compare.change(public(lambda c: gr.update(visible=c)), compare, before)
+    refresh.click(public(lambda j: gr.update(choices=finished_jobs(), value=j if j in finished_jobs() else
+                                             (finished_jobs() or [None])[0])), job, job)
+    return SimpleNamespace(job=job, refresh=refresh, owner_only=owner_only)
 

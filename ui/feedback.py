@@ -22,7 +22,28 @@ log = logging.getLogger("tuner.app")
 
 # Errors whose text is already a sentence for the user: shown without "something went wrong".
 EXPECTED = ("DataError", "DataFormatError", "JobError", "ChatLoadError", "PublishError", "ModelNotFound",
-            "StageError", "ValueError", "FileNotFoundError")
+            "StageError", "ValueError", "FileNotFoundError", "AccessDenied", "AdapterUploadError", "ManualSteps")
+
+
+def server_paths() -> list[str]:
+    """Folders of this machine that a visitor should not learn (longest first, so that the most specific
+    one is replaced)."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from tuner import paths
+
+    folders = {str(paths.home()), str(paths.cache()), str(Path(__file__).resolve().parent.parent), sys.prefix,
+               sys.base_prefix, tempfile.gettempdir(), str(Path.home())}
+    return sorted((f for f in folders if f and f != "/"), key=len, reverse=True)
+
+
+def for_visitor(text: str) -> str:
+    """``text`` with every server folder replaced by "…"."""
+    for folder in server_paths():
+        text = text.replace(folder, "…")
+    return text
 
 
 def ok(text: str) -> str:
@@ -42,6 +63,10 @@ def error_text(error: BaseException, lang: str) -> str:
         detail = getattr(error, "detail", "")
         message = t(f"publish.error.{error.kind}", lang) + (f" ({detail})" if detail else "")
     head = f"❌ {message}" if name in EXPECTED else f"❌ {t('error.unexpected', lang)}: {message}"
+    from ui.access_guard import current_caller
+
+    if not current_caller().owner:  # a visitor: the sentence, without server paths or a traceback
+        return for_visitor(head)
     details = html.escape("".join(traceback.format_exception(error)))
     return (f"{head}\n\n<details><summary>{t('error.details', lang)}</summary>\n\n<pre>{details}</pre>\n\n"
             "</details>")

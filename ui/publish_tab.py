@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from deploy.hubs.base import PublishError
 from deploy.publish import publish, stage
 from tuner.jobs import get_job
 from ui.chat_tab import finished_jobs
+from ui.access_guard import current_oauth_token
 from ui.feedback import guarded, info
 from ui.i18n import Labels, t
 
@@ -30,10 +32,12 @@ def _scrub(text: str, token: str) -> str:
 def run_publish(lang: str, job_id: str | None, what: str, hub: str, repo_id: str, private: bool, token: str,
                 model_repo: str, endpoint: str):
     repo_id, token = (repo_id or "").strip(), (token or "").strip()
+    if not token and hub == "hf" and os.environ.get("OAUTH_CLIENT_ID"):
+        token = current_oauth_token()  # signed in with Hugging Face on a Space: push as that user
     if not repo_id or "/" not in repo_id:
         raise ValueError(t("publish.need_repo", lang))
-    job = get_job(job_id) if job_id and what != "app" else None
-    if what != "app" and job is None:
+    job = get_job(job_id) if job_id and what not in ("app", "studio") else None
+    if what not in ("app", "studio") and job is None:
         raise ValueError(t("publish.need_job", lang))
     steps: queue.Queue = queue.Queue()
     outcome: dict = {}
@@ -65,7 +69,7 @@ def run_publish(lang: str, job_id: str | None, what: str, hub: str, repo_id: str
 
 def download_bundle(lang: str, job_id: str | None, what: str, hub: str, repo_id: str, model_repo: str):
     """The exact folder that would be pushed, as a zip (nothing is sent anywhere)."""
-    job = get_job(job_id) if job_id and what != "app" else None
+    job = get_job(job_id) if job_id and what not in ("app", "studio") else None
     repo_id = (repo_id or "").strip() or "you/my-assistant"
     work = Path(tempfile.mkdtemp(prefix="tuner-bundle-"))
     folder = stage(what, work / "bundle", repo_id, job, hub, (model_repo or "").strip())
@@ -79,7 +83,7 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
                      label_key="publish.job", elem_id="publish-job", scale=3)
         refresh = labels(gr.Button, value_key="train.refresh", size="sm", scale=0, min_width=90)
         what = labels(gr.Radio, choices_key=[("publish.adapter", "adapter"), ("publish.model", "model"),
-                                             ("publish.app", "app")],
+                                             ("publish.app", "app"), ("publish.studio", "studio")],
                       value="adapter", label_key="publish.what", info_key="publish.what_info",
                       elem_id="publish-what", scale=3)
     with gr.Row():

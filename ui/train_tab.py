@@ -20,6 +20,9 @@ from tuner.launch import shell_command, train_command
 from tuner.models import EMBEDDED_MODEL, guess_template, resolve_model, template_names
 from tuner.progress import ProgressCache
 from tuner.spec import DEEPSPEED_CHOICES, PRECISIONS, PRESETS, TrainSpec, render_config, spec_for_model, spec_problems
+from tuner.access import Mode, check_model_choice, configured_mode
+from tuner.runtime import Place, current_place
+from ui.access_guard import current_caller, current_oauth_token
 from ui.data_tab import _tokenizer
 from tuner.spec import has_cuda
 from ui.feedback import guarded, info, ok
@@ -86,6 +89,7 @@ def spec_from_form(model: str, template: str, method: str, dataset: str, values:
             value = float(value or 0)
         settings[name] = value
     model = (model or EMBEDDED_MODEL).strip()
+    check_model_choice(configured_mode(), current_caller(), model)
     return spec_for_model(model, template=template or "", method=method, data_files=[str(dataset_path(dataset))],
                           **settings)
 
@@ -117,11 +121,26 @@ def preview(lang: str, model: str, template: str, method: str, dataset: str, *va
     return text, config, shell_command(command, env), str(config_file), gr.update(open=True)
 
 
-def start(lang: str, job_name: str, merge: bool, model: str, template: str, method: str, dataset: str, *values):
+def start(lang: str, job_name: str, merge: bool, publish: bool, publish_repo: str, model: str, template: str,
+          method: str, dataset: str, *values):
+    if not current_place().can_train:
+        raise JobError(t("where.zerogpu", lang))
     spec = spec_from_form(model, template, method, dataset, list(values))
+    publish_after, secrets = None, {}
+    if publish:
+        publish_repo = (publish_repo or "").strip()
+        if "/" not in publish_repo:
+            raise ValueError(t("publish.need_repo", lang))
+        publish_after = {"hub": "hf", "repo": publish_repo, "private": True}
+        if current_oauth_token():  # the signed-in owner's token: handed to the job's process, never written
+            secrets["TUNER_PUBLISH_TOKEN"] = current_oauth_token()
+    from tuner.bootstrap import require_xtuner
+
+    require_xtuner()
     job = create_job(spec, job_name.strip() or dataset)
-    start_job(job, merge_after=merge)
-    return ok(t("train.started", lang, job=job.id)), gr.update(choices=job_choices(lang), value=job.id)
+    start_job(job, merge_after=merge, publish_after=publish_after, secret_env=secrets)
+    return (ok(t("train.started", lang, job=job.id)), gr.update(choices=job_choices(lang), value=job.id),
+            gr.update(open=False))
 
 
 def job_choices(lang: str) -> list[tuple[str, str]]:
@@ -193,6 +212,10 @@ def job_view(lang: str, job_id: str | None, shown: tuple | None = None):
         lines.append(t("train.queued", lang, position=queue_position(job)))
     if status.reason:
         lines.append(("❌ " if status.state == JobState.FAILED else "") + status.reason)
+    if status.published:
+        lines.append(t("train.published", lang, url=status.published))
+    if status.publish_error:
+        lines.append("⚠️ " + t("train.publish_failed", lang, reason=status.publish_error))
     if status.state == JobState.SUCCEEDED:
         lines.append(t("train.done", lang, adapter=job.adapter_dir) +
                      (" " + t("train.merged", lang, path=job.merged_dir) if (job.merged_dir / "config.json").exists()
@@ -213,8 +236,12 @@ def job_view(lang: str, job_id: str | None, shown: tuple | None = None):
             now_showing)
 
 
-def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
+def build(labels: Labels, lang: gr.Radio, place: Place | None = None, mode: Mode | None = None) -> SimpleNamespace:
+    place = place or current_place()
+    mode = mode or configured_mode()
     spec = spec_for_model(EMBEDDED_MODEL)
+    if place.zerogpu:
+        labels(gr.Markdown, value_key="where.zerogpu", elem_id="train-zerogpu")
     with gr.Row():
         model = labels(gr.Dropdown, choices=model_choices(), value=EMBEDDED_MODEL, allow_custom_value=True,
                        label_key="train.model", info_key="train.model_info", elem_id="train-model", scale=3)
@@ -239,16 +266,18 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
             with gr.Row(equal_height=True):
                 for name in row:
                     fields[name] = field_component(labels, name, getattr(spec, name))
-        merge = labels(gr.Checkbox, value=False, label_key="train.merge_after", info_key="train.merge_after_info")
+        with gr.Row(equal_height=True):
+            merge = labels(gr.Checkbox, value=False, label_key="train.merge_after", info_key="train.merge_after_info")
+            publish = labels(gr.Checkbox, value=not place.persistent, label_key="train.publish_after",
+                             info_key="train.publish_after_info", elem_id="train-publish-after")
+            publish_repo = labels(gr.Textbox, label_key="train.publish_repo", placeholder="you/alice-assistant",
+                                  elem_id="train-publish-repo")
     values = [fields[name] for name in FIELDS]
     with gr.Row():
         preview_button = labels(gr.Button, value_key="train.preview", elem_id="train-preview")
-        start_button = labels(gr.Button, value_key="train.start", variant="primary", elem_id="train-start")
+        start_button = labels(gr.Button, value_key="train.start", variant="primary", elem_id="train-start",
+                              interactive=place.can_train)
     message = gr.Markdown(elem_id="train-message")
-    with labels(gr.Accordion, label_key="train.config_title", open=False) as config_section:
-        command = labels(gr.Textbox, label_key="train.command", interactive=False, elem_id="train-command")
-        config = gr.Code(language="python", interactive=False, elem_id="train-config", max_lines=24)
-        config_file = labels(gr.File, label_key="train.config_download", interactive=False)
 
     labels(gr.Markdown, value_key="train.jobs_title")
     with gr.Row():
@@ -267,7 +296,12 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
             samples = gr.Markdown(elem_id="train-samples", max_height=300)
     with labels(gr.Accordion, label_key="train.log", open=False):
         log = gr.Code(language=None, interactive=False, elem_id="train-log", max_lines=30)
-    timer = gr.Timer(2.0)
+    # Below the job, so that after Start its progress is in view; it folds again when a job starts.
+    with labels(gr.Accordion, label_key="train.config_title", open=False) as config_section:
+        command = labels(gr.Textbox, label_key="train.command", interactive=False, elem_id="train-command")
+        config = gr.Code(language="python", interactive=False, elem_id="train-config", max_lines=24)
+        config_file = labels(gr.File, label_key="train.config_download", interactive=False)
+    timer = gr.Timer(2.0, active=mode == Mode.LOCAL)  # the owner's page turns it on at sign-in
     shown = gr.State(None)
 
     form = [model, template, method, dataset, *values]
@@ -275,14 +309,14 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
     refresh_data.click(lambda d: gr.update(choices=list_datasets(), value=d or (list_datasets() or [None])[0]),
                        dataset, dataset)
     preview_button.click(guarded(5, 0)(preview), [lang, *form], [message, config, command, config_file, config_section])
-    start_button.click(guarded(2, 0)(start), [lang, job_name, merge, *form], [message, job])
+    start_button.click(guarded(3, 0)(start), [lang, job_name, merge, publish, publish_repo, *form],
+                       [message, job, config_section], scroll_to_output=True)
     refresh_job_list.click(refresh_jobs, [lang, job], job)
     cancel.click(guarded(2, 0)(lambda lg, j: act(lg, j, "cancel")), [lang, job], [message, job])
     resume.click(guarded(2, 0)(lambda lg, j: act(lg, j, "resume")), [lang, job], [message, job])
     merge_now.click(guarded(2, 0)(lambda lg, j: act(lg, j, "merge")), [lang, job], [message, job])
     view_outputs = [status, bar, loss, samples, log, resume, shown]
     job.change(guarded(7, 0)(job_view), [lang, job], view_outputs)
-    lang.change(guarded(7, 0)(job_view), [lang, job], view_outputs)
     timer.tick(guarded(7, 0)(job_view), [lang, job, shown], view_outputs, show_progress="hidden")
     return SimpleNamespace(model=model, template=template, dataset=dataset, job=job, message=message,
-                           max_length=fields["max_length"], fields=fields)
+                           max_length=fields["max_length"], fields=fields, timer=timer)

@@ -18,6 +18,8 @@ Failure switches (all on the ``HubServer`` object):
 * ``fail(path_contains, status, message)``: answer ``status`` with ``message`` once; the text
   ``{auth}`` in ``message`` is replaced by the request's ``Authorization`` header (to test that
   clients scrub echoed secrets).
+* ``hardware_refusal = (status, message)``: ``POST /api/spaces/{id}/hardware`` is refused (a free
+  account asking for paid hardware); otherwise the requested flavor is kept in ``Repo.hardware``.
 
 Everything is recorded in ``requests`` (method, path, headers, body, dropped) and in ``repos``.
 """
@@ -96,6 +98,7 @@ class Repo:
     owner: str
     private: bool = False
     sdk: str | None = None
+    hardware: str | None = None  # the flavor last requested for a Space
     commits: list[Commit] = field(default_factory=list)
     created_at: str = field(default_factory=_now)
 
@@ -146,6 +149,7 @@ class HubServer:
         self.requests: list[Logged] = []
         self.quota_status: int | None = None
         self.foreign_create_status = 403
+        self.hardware_refusal: tuple[int, str] | None = None
         self._drops: list[list] = []  # [remaining, path_contains]
         self._fails: list[list] = []  # [path_contains, status, message]
         self._lock = threading.RLock()
@@ -400,6 +404,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._preupload(repo_type, repo_id, rest[len("preupload/"):], json.loads(body or b"{}"))
         if method == "POST" and rest.startswith("commit/"):
             return self._commit(repo_type, repo_id, rest[len("commit/"):], body)
+        if method == "POST" and rest == "hardware" and repo_type == "space":
+            return self._request_hardware(repo_id, json.loads(body or b"{}"))
         raise _HTTPError(404, f"No route for {method} /api/.../{rest}")
 
     # ----- endpoints ----------------------------------------------------------------------
@@ -438,6 +444,14 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self.hub._create(repo_id, repo_type, namespace, bool(req.get("private", False)),
                                     req.get("sdk") if repo_type == "space" else None)
         self._json(200, {"url": url, "name": repo_id, "id": repo.head.oid[:24]})
+
+    def _request_hardware(self, repo_id: str, req: dict) -> None:
+        repo, _ = self._repo_for_write("space", repo_id, quota=False)
+        if self.hub.hardware_refusal:
+            raise _HTTPError(*self.hub.hardware_refusal)
+        repo.hardware = req.get("flavor")
+        self._json(200, {"stage": "BUILDING", "hardware": {"current": None, "requested": repo.hardware},
+                         "gcTimeout": req.get("sleepTimeSeconds")})
 
     def _delete_repo(self, req: dict) -> None:
         user = self._user(required=True)

@@ -56,7 +56,9 @@ def dataset_stats(records: Iterable[Conversation], tokenizer: Any = None, templa
 
 
 def prompt_template(name: str) -> Mapping:
-    from xtuner.utils import PROMPT_TEMPLATE  # slow to import: only when asked
+    from tuner.models import prompt_templates  # XTuner is slow to import: only when asked
+
+    PROMPT_TEMPLATE = prompt_templates()
 
     if name not in PROMPT_TEMPLATE:
         raise ValueError(f"unknown prompt template {name!r}: expected one of {', '.join(sorted(PROMPT_TEMPLATE))}")
