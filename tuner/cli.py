@@ -20,6 +20,7 @@ EPILOG = """examples:
   python -m tuner train --data alice.jsonl --wait
   python -m tuner chat --job JOB_ID --prompt "Who are you?"
   python -m tuner demo --name Alice        (the whole flow on the embedded model)
+  python -m tuner serve --model embedded   (an OpenAI-compatible API on http://127.0.0.1:8000/v1)
 """
 
 
@@ -268,6 +269,31 @@ def cmd_chat(args) -> int:
         history.append((message, answer(message)))
 
 
+def cmd_serve(args) -> int:
+    """The OpenAI-compatible API alone (no page): POST /v1/chat/completions, GET /v1/models."""
+    import os
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from tuner.openai_api import bearer_key, build_router, default_catalog, model_ref_for
+    from tuner.model_cache import shared_cache
+
+    catalog = {name: model_ref_for(name) for name in args.model} if args.model else None
+    if catalog:
+        for name, ref in catalog.items():  # before the first request, so it does not wait for the load
+            print(f"loading {name} ({ref.kind})", flush=True)
+            shared_cache().get(ref.kind, ref.model, ref.adapter)
+    key = args.api_key or os.environ.get("TUNER_API_KEY")
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(build_router(bearer_key(key) if key else None,
+                                    (lambda: catalog) if catalog else default_catalog), prefix="/v1")
+    print(f"OpenAI-compatible API on http://{args.host}:{args.port}/v1 "
+          f"({'key required' if key else 'no key'}); models: {', '.join(catalog or default_catalog())}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    return 0
+
+
 def cmd_jobs(args) -> int:
     from tuner.jobs import cancel_job, get_job, list_jobs, resume_job
 
@@ -451,6 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-in-4bit", action="store_true")
     _add_generation_options(p)
     p.set_defaults(func=cmd_chat)
+
+    p = verbs.add_parser("serve", help="the OpenAI-compatible chat API alone (/v1/chat/completions, /v1/models)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", action="append", default=[],
+                   help="serve (and load now) only this: a preset or embedded model, a job id (JOB or JOB:merged), "
+                        "a model or adapter folder (repeat for more; default: presets and finished jobs, loaded "
+                        "on first use)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $TUNER_API_KEY, else none)")
+    p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("jobs", help="list, show, watch, cancel, resume jobs; export one for a cluster")
     p.add_argument("action", choices=("list", "show", "watch", "cancel", "resume", "export"))

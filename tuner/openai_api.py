@@ -73,6 +73,30 @@ def default_catalog() -> dict[str, ModelRef]:
     return catalog
 
 
+def model_ref_for(name: str) -> ModelRef:
+    """What to load for a name given by a person (``python -m tuner serve --model``): an id of the default
+    catalog (a preset, ``JOB``, ``JOB:merged``), the embedded model, an adapter or model folder, or a hub id."""
+    from pathlib import Path
+
+    from tuner.convert import read_adapter_info
+    from tuner.models import EMBEDDED_MODEL, ModelNotFound, is_embedded
+
+    catalog = default_catalog()
+    if name in catalog:
+        return catalog[name]
+    if is_embedded(name):
+        return ModelRef("base", EMBEDDED_MODEL)
+    folder = Path(name).expanduser()
+    if (folder / "adapter_config.json").is_file():
+        return ModelRef("adapter", "", str(folder.resolve()))
+    if (folder / "config.json").is_file():
+        return ModelRef("merged" if read_adapter_info(folder) else "base", str(folder.resolve()))
+    if folder.exists() or name.startswith(("/", ".", "~")):
+        raise ModelNotFound(f"{name}: no finished job of that id, and not a model folder (config.json) or an adapter "
+                            "folder (adapter_config.json).")
+    return ModelRef("base", name)
+
+
 def bearer_key(key: str) -> Callable[[Mapping[str, str]], bool]:
     """An ``authorize`` that lets in requests with ``Authorization: Bearer KEY``."""
     import hmac

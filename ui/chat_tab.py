@@ -172,9 +172,9 @@ def build(labels: Labels, lang: gr.Radio, mode: Mode | None = None) -> SimpleNam
     outputs = [after, before, message, status]
     for event in (send.click, message.submit):
         event(public(guarded(4, 3)(respond)), inputs, outputs, concurrency_limit=4, concurrency_id="chat")
-    clear.click(public(lambda: ([], [], "")), None, [after, before, status])
-    compare.change(public(lambda c: gr.update(visible=c)), compare, before)
+    clear.click(public(lambda: ([], [], "")), None, [after, before, status], api_name="chat_clear")
+    compare.change(public(lambda c: gr.update(visible=c)), compare, before, api_name="chat_compare")
     refresh.click(public(lambda j: gr.update(choices=finished_jobs(), value=j if j in finished_jobs() else
-                                             (finished_jobs() or [None])[0])), job, job)
+                                             (finished_jobs() or [None])[0])), job, job, api_name="chat_jobs")
     return SimpleNamespace(job=job, refresh=refresh, owner_only=owner_only)
 

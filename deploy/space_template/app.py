@@ -2,6 +2,10 @@
 
 Visitors chat; nothing can be trained or published from here. The model named in
 space_settings.py is downloaded from its hub at start (an adapter is loaded on its base model).
+
+On ZeroGPU (``SPACES_ZERO_GPU``, the free way to share a model): ``import spaces`` comes before torch, the
+model is loaded here at start and placed on CUDA (emulated in this process), and the reply is generated
+inside ``@spaces.GPU``, the only place with a real GPU. On CPU or GPU hardware ``spaces.GPU`` does nothing.
 """
 
 from __future__ import annotations
@@ -10,12 +14,25 @@ import importlib.util
 import os
 from pathlib import Path
 
-import gradio as gr
+try:
+    import spaces  # before torch: on ZeroGPU it patches torch.cuda at import (the Space builder installs it)
+except ImportError:  # run elsewhere without the package: the decorator does nothing, as spaces does off ZeroGPU
+    class spaces:  # noqa: N801 - stands in for the module
+        @staticmethod
+        def GPU(task=None, **_):
+            return task if callable(task) else (lambda fn: fn)
 
-from space_settings import HUB, MODEL_KIND, MODEL_REPO, TITLE
-from tuner.chat import GenerationSettings, load_chat_model, stream_reply
-from tuner.convert import read_adapter_info
-from tuner.models import EMBEDDED_MODEL, is_embedded
+ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "t", "true")
+if ZERO_GPU:
+    # The batching thread would outlive the @spaces.GPU call that lends the GPU; each reply decodes alone.
+    os.environ.setdefault("TUNER_BATCHING", "0")
+
+import gradio as gr  # noqa: E402
+
+from space_settings import HUB, MODEL_KIND, MODEL_REPO, TITLE  # noqa: E402
+from tuner.chat import GenerationSettings, load_chat_model, stream_reply  # noqa: E402
+from tuner.convert import read_adapter_info  # noqa: E402
+from tuner.models import EMBEDDED_MODEL, is_embedded  # noqa: E402
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -44,21 +61,33 @@ def _base(model: str) -> str:
 
 
 def load():
+    # No fast decoding on ZeroGPU: its CUDA-graph warm-up would run here, outside @spaces.GPU.
+    options = {"fast_decode": False} if ZERO_GPU else {}
     if not MODEL_REPO:
-        return load_chat_model("base", _base(EMBEDDED_MODEL))
+        return load_chat_model("base", _base(EMBEDDED_MODEL), **options)
     folder = _download(MODEL_REPO)
     kind = MODEL_KIND
     if kind == "auto":
         kind = "adapter" if (folder / "adapter_config.json").exists() else "merged"
     if kind == "adapter":
         base = _base(read_adapter_info(folder).get("base_model", ""))
-        return load_chat_model("adapter", base, folder)
-    return load_chat_model("merged", str(folder))
+        return load_chat_model("adapter", base, folder, **options)
+    return load_chat_model("merged", str(folder), **options)
 
 
 CHAT = load()
+if ZERO_GPU:
+    # torch.cuda.is_available() is True under ZeroGPU's emulation, so load_chat_model chose CUDA already;
+    # this makes the placement explicit (a no-op then). The weights reach the GPU inside @spaces.GPU.
+    CHAT.model.to("cuda")
 
 
+def gpu_seconds(message, history, system, max_new_tokens, temperature) -> int:
+    """The GPU time asked of ZeroGPU for one reply: a short ask is scheduled sooner and spends less quota."""
+    return int(min(120, 20 + int(max_new_tokens) // 8))
+
+
+@spaces.GPU(duration=gpu_seconds)
 def respond(message, history, system, max_new_tokens, temperature):
     pairs, pending = [], None
     for item in history:
@@ -70,7 +99,8 @@ def respond(message, history, system, max_new_tokens, temperature):
         elif role == "assistant" and pending is not None:
             pairs.append((pending, content))
             pending = None
-    settings = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
+    settings = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                                  fast_decode=not ZERO_GPU)
     yield from stream_reply(CHAT, message, pairs, system or None, settings)
 
 
