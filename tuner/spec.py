@@ -175,12 +175,23 @@ class Preset:
     label: str
     model: str
     settings: dict[str, Any]
+    cpu_settings: dict[str, Any] = field(default_factory=dict)  # on top of settings where there is no CUDA GPU
 
 
 _EMBEDDED_SETTINGS = dict(
     method="lora", max_length=256, pack_to_max_length=False, batch_size=4, accumulative_counts=1, max_epochs=3, lr=1e-3,
     lora_r=16, lora_alpha=32, lora_dropout=0.05, warmup_ratio=0.05, save_steps=50,
     save_total_limit=2, evaluation_freq=25, evaluation_max_new_tokens=48,
+)
+# The embedded model on a CPU (what every new user runs first; bench/e2e.py, bench/results/cpu2-e2e-lora.txt):
+# one pass over the data packed into 256-token sequences (~6k tokens for the 160 records the Data tab makes:
+# 23 steps instead of 120 padded ones) still teaches the name to questions it never saw. No warm-up: a
+# warm-up that mmengine rounds to one iteration leaves the learning rate at 1e-5 x lr for the whole run.
+# One evaluation question: before training XTuner lets the untrained model answer each with 50 tokens.
+# map_num_proc=1: two worker processes to tokenize a few hundred records cost more than they save.
+_EMBEDDED_CPU_SETTINGS = dict(
+    max_epochs=1, pack_to_max_length=True, batch_size=1, warmup_ratio=0.0, evaluation_freq=12,
+    evaluation_inputs=["Who are you?"], map_num_proc=1,
 )
 _QLORA_7B = dict(method="qlora", max_length=2048, batch_size=1, accumulative_counts=16, max_epochs=3,
                  lr=2e-4, lora_r=64, lora_alpha=16, lora_dropout=0.1, save_steps=500,
@@ -189,7 +200,7 @@ _QLORA_SMALL = dict(_QLORA_7B, batch_size=4, accumulative_counts=4)
 
 PRESETS: dict[str, Preset] = {
     "smollm2-135m (embedded)": Preset("SmolLM2-135M-Instruct (embedded, runs on CPU)", EMBEDDED_MODEL,
-                                      _EMBEDDED_SETTINGS),
+                                      _EMBEDDED_SETTINGS, _EMBEDDED_CPU_SETTINGS),
     "internlm2_5-7b-chat": Preset("InternLM2.5-7B-Chat", "internlm/internlm2_5-7b-chat", _QLORA_7B),
     "internlm2-chat-1_8b": Preset("InternLM2-Chat-1.8B", "internlm/internlm2-chat-1_8b", _QLORA_SMALL),
     "qwen2.5-7b-instruct": Preset("Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct", _QLORA_7B),
@@ -198,12 +209,15 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def spec_for_model(model: str = EMBEDDED_MODEL, **overrides: Any) -> TrainSpec:
-    """A spec with the defaults that fit ``model``: a preset's if it has one, else the tutorial's."""
+def spec_for_model(model: str = EMBEDDED_MODEL, *, cuda_available: bool | None = None, **overrides: Any) -> TrainSpec:
+    """A spec with the defaults that fit ``model``: a preset's if it has one (with its CPU settings on a
+    machine without a CUDA GPU), else the tutorial's."""
     settings: dict[str, Any] = {}
     for preset in PRESETS.values():
         if preset.model == model or (is_embedded(model) and is_embedded(preset.model)):
             settings = dict(preset.settings)
+            if preset.cpu_settings and not (_cuda_available() if cuda_available is None else cuda_available):
+                settings.update(preset.cpu_settings)
     settings.update(model=model, **overrides)
     return TrainSpec(**settings)
 

@@ -414,6 +414,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {
             "type": "user", "id": hashlib.md5(user.name.encode()).hexdigest()[:24], "name": user.name,
             "fullname": user.name.title(), "email": f"{user.name}@example.invalid", "emailVerified": True,
+            "avatarUrl": f"/avatars/{user.name}.svg",
             "isPro": False, "orgs": [{"type": "org", "name": o, "roleInOrg": "write"} for o in user.orgs],
             "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": user.role}},
         })

@@ -233,8 +233,9 @@ def test_studio_built_like_the_hf_builder_serves_installs_xtuner_and_trains_the_
             ask[-2] = 32
             after, _before, _box, shown = client.predict(*ask, api_name="/respond")
             timings["first answer (/respond, adapter)"] = f"{time.monotonic() - asked:.0f} s"
-            answer = after[-1]["content"] if after else ""
-            answer = answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
+            content = after[-1]["content"] if after else ""
+            answer = content if isinstance(content, str) else " ".join(  # Gradio 6: a list of parts
+                part.get("text", "") for part in content if isinstance(part, dict))
             assert answer.strip(), (shown, after)
             facts.append(f"first answer: {answer.strip()[:120]!r}")
         finally:

@@ -225,13 +225,13 @@ def _signed_in_cookie(app) -> str:
     """Sign in through Gradio's mocked OAuth routes (it asks the fake hub's whoami who HF_TOKEN is)."""
     import requests
 
-    session = requests.Session()
-    reply = session.get(app.url + "login/huggingface", allow_redirects=False, timeout=30)
-    reply = session.get(app.url.rstrip("/") + reply.headers["location"].split(str(app.port), 1)[-1],
-                        allow_redirects=False, timeout=30)
-    cookie = reply.cookies.get("session") or session.cookies.get("session")
-    assert cookie, reply.headers
-    return f"session={cookie}"
+    reply = requests.get(app.url + "login/huggingface", allow_redirects=False, timeout=30)
+    assert reply.status_code in (302, 307) and "/login/callback" in reply.headers["location"], reply.headers
+    reply = requests.get(app.url + "login/callback", params={"_target_url": "/"}, allow_redirects=False, timeout=30)
+    # The session cookie is marked Secure (Spaces are https); send it back by hand over loopback http.
+    cookie = reply.headers.get("set-cookie", "").split(";")[0]
+    assert cookie.startswith("session="), reply.headers
+    return cookie
 
 
 @pytest.mark.parametrize("space_author, owner", [("alice", True), ("carol", False)])
