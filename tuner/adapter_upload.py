@@ -75,10 +75,10 @@ def unpack_adapter_zip(zip_path: str | Path) -> Path:
             members = check_members(archive, zip_path.name)
             target.mkdir(parents=True)
             _extract(archive, members, target, zip_path.name)
-    except zipfile.BadZipFile as error:
-        raise AdapterUploadError(f"{zip_path.name} is not a zip file ({error})") from error
-    except AdapterUploadError:
-        shutil.rmtree(target, ignore_errors=True)
+    except BaseException as error:
+        shutil.rmtree(target, ignore_errors=True)  # nothing half-unpacked stays behind
+        if isinstance(error, zipfile.BadZipFile):
+            raise AdapterUploadError(f"{zip_path.name} is not a valid zip file ({error})") from error
         raise
     found = sorted(target.rglob("adapter_config.json"), key=lambda p: len(p.parts))
     if not found:
