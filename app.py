@@ -82,14 +82,14 @@ def build_app(mode: Mode | None = None) -> gr.Blocks:
                 sign_in = labels(gr.Button, value_key="auth.sign_in", scale=1, elem_id="tuner-sign-in")
                 sign_out = labels(gr.Button, value_key="auth.sign_out", scale=1, elem_id="tuner-sign-out")
         labels(gr.Markdown, value_key="app.intro")
-        with gr.Tabs(elem_id="tuner-tabs"):
-            with labels(gr.Tab, label_key="tab.data", elem_id="tab-data", visible=everything) as data_page:
+        with gr.Tabs(elem_id="tuner-tabs", selected="data" if everything else "chat"):
+            with labels(gr.Tab, label_key="tab.data", elem_id="tab-data", id="data", visible=everything) as data_page:
                 data = data_tab.build(labels, lang)
-            with labels(gr.Tab, label_key="tab.train", elem_id="tab-train", visible=everything) as train_page:
+            with labels(gr.Tab, label_key="tab.train", elem_id="tab-train", id="train", visible=everything) as train_page:
                 train = train_tab.build(labels, lang, PLACE)
-            with labels(gr.Tab, label_key="tab.chat", elem_id="tab-chat") as chat_page:
+            with labels(gr.Tab, label_key="tab.chat", elem_id="tab-chat", id="chat") as chat_page:
                 chat = chat_tab.build(labels, lang, mode)
-            with labels(gr.Tab, label_key="tab.publish", elem_id="tab-publish", visible=everything) as publish_page:
+            with labels(gr.Tab, label_key="tab.publish", elem_id="tab-publish", id="publish", visible=everything) as publish_page:
                 publish = publish_tab.build(labels, lang)
         install_timer = gr.Timer(3.0, active=BOOTSTRAP.state in ("idle", "installing"))
 
@@ -108,15 +108,17 @@ def build_app(mode: Mode | None = None) -> gr.Blocks:
             caller = current_caller()
             owner = caller.owner and mode != Mode.DEMO
             text = where_text(lang_code, mode, owner, caller.user or ("password" if caller.how == "password" else ""))
-            return [text, *[gr.update(visible=owner) for _ in owner_views[:3]], gr.Timer(active=owner),
-                    gr.update(visible=owner)]
+            # Hidden tabs are left alone: Gradio 6.17 no longer shows a tab that an update hid while hidden.
+            tabs = [gr.update(visible=True) if owner else gr.skip() for _ in owner_views[:3]]
+            return [text, *tabs, gr.Timer(active=owner), gr.update(visible=owner)]
 
         def on_load(request: gr.Request):
             chosen = language_from_header(request.headers.get("accept-language", "")) if request else "en"
             jobs = train_tab.refresh_jobs(chosen, None) if current_caller().owner else gr.skip()
-            return [gr.update(value=chosen), jobs, *view_for(chosen)]
+            finished = gr.update(choices=chat_tab.finished_jobs(), value=_first_finished())
+            return [gr.update(value=chosen), jobs, finished, *view_for(chosen)]
 
-        app.load(public(on_load), None, [lang, train.job, where, *owner_views])
+        app.load(public(on_load), None, [lang, train.job, chat.job, where, *owner_views])
         lang.change(public(lambda lg: view_for(lg)[0]), lang, where, show_progress="hidden", api_name="where")
 
         def installing(lang_code: str):

@@ -14,9 +14,11 @@ products (tests/integration/test_batching.py compares token ids on the embedded 
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import queue
 import threading
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
@@ -24,6 +26,7 @@ from typing import Sequence
 from tuner.decode import Sampling, choose_next
 
 END = object()  # put on a request's queue after its last token (or after the exception that ended it)
+_BATCHERS: "weakref.WeakSet[Batcher]" = weakref.WeakSet()
 
 
 class Request:
@@ -86,6 +89,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._stopping = False
+        _BATCHERS.add(self)
         self._rows: list[_Row] = []
         self._cache = None
         self._mask = None  # (rows, columns) long: 1 where the cache holds a real position
@@ -107,6 +112,16 @@ class Batcher:
             self._cond.notify()
         return request
 
+    def stop(self, timeout: float = 5.0) -> None:
+        """End every request (as cancelled) and the scheduler thread, and wait for it: at interpreter exit a
+        thread left inside torch aborts the process ("terminate called without an active exception")."""
+        with self._cond:
+            self._stopping = True
+            thread = self._thread
+            self._cond.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def close(self) -> None:
         """Let the scheduler thread end as soon as it has no work (the model was evicted: free it now)."""
         with self._cond:
@@ -125,6 +140,14 @@ class Batcher:
 
         while True:
             with self._cond:
+                if self._stopping:
+                    stopped = list(self._waiting) + [row.request for row in self._rows]
+                    self._waiting.clear()
+                    self._rows, self._cache, self._mask = [], None, None
+                    self._thread = None
+                    for request in stopped:
+                        self._finish_locked(request, "cancelled")
+                    return
                 if not self._waiting and not self._rows:
                     if not self._closing:
                         self._cond.wait(self.idle_seconds)
@@ -161,11 +184,14 @@ class Batcher:
         return joining
 
     def _finish(self, request: Request, reason: str) -> None:
+        with self._cond:
+            self._finish_locked(request, reason)
+
+    def _finish_locked(self, request: Request, reason: str) -> None:
         if request.finish_reason is None:
             request.finish_reason = reason
             request.tokens.put(END)
-            with self._cond:
-                self._unfinished -= 1
+            self._unfinished -= 1
 
     # ------------------------------------------------------------------------------------- steps
     def _forward(self, ids, mask, positions, cache):
@@ -303,3 +329,8 @@ class Batcher:
             self._cache.value_cache[layer] = self._cache.value_cache[layer].index_select(0, index)[:, :, first:]
         self._cache._seen_tokens = self._mask.shape[1]
 
+
+@atexit.register
+def _stop_all() -> None:
+    for batcher in list(_BATCHERS):
+        batcher.stop()

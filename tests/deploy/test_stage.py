@@ -90,7 +90,7 @@ def test_dry_run_app_bundle_with_no_job_is_a_valid_space(tmp_path):
     assert run.returncode == 0, run.stderr
     meta = _front_matter(out / "README.md")
     assert "sdk: gradio" in meta and f"sdk_version: {gradio.__version__}" in meta
-    assert "app_file: app.py" in meta and 'python_version: "3.11"' in meta and "suggested_hardware:" in meta
+    assert "app_file: app.py" in meta and 'python_version: "3.12"' in meta and "suggested_hardware:" in meta
     ast.parse((out / "app.py").read_text())
     pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
