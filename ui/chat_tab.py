@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from tuner.adapter_upload import unpack_adapter_zip
-from tuner.chat import ChatLoadError, ChatModelCache, GenerationSettings, stream_reply
+from tuner.chat import ChatLoadError, GenerationSettings, shared_cache, stream_reply
 from tuner.convert import read_adapter_info
 from tuner.jobs import JobState, get_job, list_jobs
 from tuner.models import EMBEDDED_MODEL
@@ -18,7 +18,7 @@ from ui.access_guard import current_caller, public
 from ui.feedback import guarded, info
 from ui.i18n import Labels, t
 
-_models = ChatModelCache(size=3)
+_models = shared_cache()  # the same loaded models as the /v1 API: requests to one model decode together
 
 
 def finished_jobs() -> list[str]:
@@ -171,7 +171,7 @@ def build(labels: Labels, lang: gr.Radio, mode: Mode | None = None) -> SimpleNam
               top_p, max_new, penalty]
     outputs = [after, before, message, status]
     for event in (send.click, message.submit):
-        event(public(guarded(4, 3)(respond)), inputs, outputs, concurrency_limit=4, concurrency_id="chat")
+        event(public(guarded(4, 3)(respond)), inputs, outputs, concurrency_limit=20, concurrency_id="chat")
     clear.click(public(lambda: ([], [], "")), None, [after, before, status], api_name="chat_clear")
     compare.change(public(lambda c: gr.update(visible=c)), compare, before, api_name="chat_compare")
     refresh.click(public(lambda j: gr.update(choices=finished_jobs(), value=j if j in finished_jobs() else
