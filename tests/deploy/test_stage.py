@@ -92,12 +92,11 @@ def test_dry_run_app_bundle_with_no_job_is_a_valid_space(tmp_path):
     assert "sdk: gradio" in meta and f"sdk_version: {gradio.__version__}" in meta
     assert "app_file: app.py" in meta and 'python_version: "3.12"' in meta and "suggested_hardware:" in meta
     ast.parse((out / "app.py").read_text())
-    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
-    for line in (out / "requirements.txt").read_text().splitlines():
-        if "==" in line:
-            name, version = line.split("==")
-            assert pins.get(name) == version, f"{name} in the Space differs from the tested set"
+    from tuner.bootstrap import pinned
+
+    pins = pinned(ROOT / "requirements.txt")
+    for name, version in pinned(out / "requirements.txt").items():
+        assert pins.get(name) == version, f"{name} in the Space differs from the tested set"
     assert not (out / "tuner" / "jobs.py").exists()  # chat only: no training code in the Space
 
 
