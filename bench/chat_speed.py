@@ -3,17 +3,21 @@
     python bench/chat_speed.py [--tokenizer DIR] [--model-dir /tmp/llama-7b-shape] [--json OUT]
     python bench/chat_speed.py --cpu     (the embedded default on CPU)
 
-Merged model and base + adapter (PEFT, unmerged), bf16 and 4-bit, through the app's chat engine
+Merged model and base + adapter, bf16 and 4-bit, through the app's chat engine
 (tuner.chat.stream_reply) with its fast decoding (static KV cache + CUDA graphs, tuner/decode.py, the
 default on CUDA) and without it (its `generate` path, as before), against plain `generate` on the same
 loaded model (the baseline). The generate rows decode --before-tokens tokens (their rate is steady);
-the fast row also says for how many tokens its greedy output equals plain `generate`'s.
+the fast row also says for how many tokens its greedy output equals plain `generate`'s, and the load time.
+
+Base + adapter in bf16 is merged into the base at load (tuner/chat.py); `adapter-unmerged` loads it as
+before, a PEFT model (TUNER_MERGE_ADAPTER=0): the baseline of that change. In 4 bits it stays unmerged.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,17 +62,27 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _label(kind: str, description: str, four_bit: bool) -> str:
+    if kind == "adapter":
+        how = "merged at load" if "merged at load" in description else "unmerged"
+        name = f"base + adapter {how}"
+    else:
+        name = kind
+    return f"{name}, {'4-bit' if four_bit else 'bf16'}"
+
+
 def measure(kind: str, model_dir: Path | str, adapter: Path | None, four_bit: bool, before_tokens: int,
-            label: str = "") -> list[tuple]:
+            label: str = "", merge_adapter: bool = True) -> list[tuple]:
     import torch
 
     from tuner.chat import GenerationSettings, load_chat_model, stream_reply
 
     started = time.perf_counter()
+    os.environ["TUNER_MERGE_ADAPTER"] = "1" if merge_adapter else "0"
     # fast decoding is the default on CUDA only; asked for here on CPU too, to compare
     chat = load_chat_model(kind, str(model_dir), adapter, load_in_4bit=four_bit, fast_decode=True)
     load_s = time.perf_counter() - started
-    label = label or f"{'merged' if kind == 'merged' else 'base + adapter'}, {'4-bit' if four_bit else 'bf16'}"
+    label = label or _label(kind, chat.description, four_bit)
     print(f"{label}: loaded in {load_s:.1f} s, decoding: {chat.decoding}", flush=True)
     rows = []
     warm = GenerationSettings(max_new_tokens=8, min_new_tokens=8)
@@ -92,7 +106,7 @@ def measure(kind: str, model_dir: Path | str, adapter: Path | None, four_bit: bo
     _sync()
     total = time.perf_counter() - start
     rows.append((label, "plain generate", first, (before_tokens - 1) / (total - first)))
-    rows[0] = rows[0] + (chat.decoding,)
+    rows[0] = rows[0] + (f"load {load_s:.1f} s; {chat.decoding}",)
     if decoder is not None:  # greedy agreement: the fast path's tokens against plain generate's
         from tuner.decode import Sampling
 
@@ -108,10 +122,11 @@ def measure(kind: str, model_dir: Path | str, adapter: Path | None, four_bit: bo
     return rows
 
 
-def _table(rows: list[tuple]) -> None:
-    print(f"{'model':24s} {'path':18s} {'first token s':>13s} {'decode tok/s':>12s}  note")
+def _table(rows: list[tuple], header: bool = True) -> None:
+    if header:
+        print(f"{'model':36s} {'path':18s} {'first token s':>13s} {'decode tok/s':>12s}  note")
     for label, path, first, rate, *note in rows:
-        print(f"{label:24s} {path:18s} {first:13.3f} {rate:12.1f}  {' '.join(note)}")
+        print(f"{label:36s} {path:18s} {first:13.3f} {rate:12.1f}  {' '.join(note)}", flush=True)
 
 
 def main() -> int:
@@ -119,7 +134,8 @@ def main() -> int:
     parser.add_argument("--cpu", action="store_true", help="the embedded default on this machine's CPU instead")
     parser.add_argument("--model-dir", default="/tmp/llama-7b-shape")
     parser.add_argument("--tokenizer", help="writes the model first when --model-dir has none (bench/multigpu.py)")
-    parser.add_argument("--kinds", default="merged,adapter,merged-4bit,adapter-4bit")
+    parser.add_argument("--kinds", default="merged,adapter,adapter-unmerged,merged-4bit,adapter-4bit",
+                        help="adapter: merged at load (bf16); adapter-unmerged: TUNER_MERGE_ADAPTER=0")
     parser.add_argument("--before-tokens", type=int, default=64,
                         help="new tokens for the generate rows (about 10 tokens/s there: the rate is steady)")
     parser.add_argument("--json")
@@ -149,14 +165,18 @@ def main() -> int:
     rows = []
     for name in args.kinds.split(","):
         kind, four_bit = name.split("-")[0], name.endswith("-4bit")
+        done = len(rows)
         try:
-            rows += measure(kind, model, adapter if kind == "adapter" else None, four_bit, args.before_tokens)
+            rows += measure(kind, model, adapter if kind == "adapter" else None, four_bit, args.before_tokens,
+                            merge_adapter="unmerged" not in name)
         except Exception as error:  # noqa: BLE001 - one configuration failing should not lose the others
             import traceback
 
             traceback.print_exc()
             rows.append((name, f"failed: {type(error).__name__}: {error}"[:200], 0.0, 0.0))
-        print(rows[-3:], flush=True)
+        _table(rows[done:], header=False)  # as it goes: a run cut short by its time limit keeps these
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
     print(f"\nchat, 7B-shaped Llama, batch 1, {NEW} new tokens ({torch.cuda.get_device_name()})\n")
     _table(rows)
     if args.json:

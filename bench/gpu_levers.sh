@@ -33,7 +33,7 @@ case "$what" in
         timeout 560 python3 bench/chat_speed.py --tokenizer .gpu/tokenizer --json "$OUT/chat.json" \
             > "$OUT/chat.log" 2>&1
         echo "chat_speed rc=$?"
-        grep -v -i "warn" "$OUT/chat.log" | tail -30
+        grep -v -i "warn" "$OUT/chat.log" | tail -40
         ;;
     levers)
         timeout 570 python3 bench/train_speed.py --tokenizer .gpu/tokenizer --steps 12 \

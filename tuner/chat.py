@@ -1,4 +1,6 @@
-"""Chat with a base model, a base model + adapter (PEFT, unmerged), or a merged model.
+"""Chat with a base model, a base model + adapter, or a merged model. An adapter on a bf16/fp16/fp32 base is
+merged into its freshly loaded base at load (as fast as a merged model); in 4 bits, or with
+``TUNER_MERGE_ADAPTER=0``, it stays a PEFT model, unmerged.
 
 Prompts are built with the XTuner template the adapter was trained with, turn by turn as
 ``xtuner chat`` does, so the fine-tuned model sees at chat time what it saw in training.
@@ -115,6 +117,7 @@ def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | N
     if not trust and asks_for_remote_code(path):
         raise ChatLoadError(f"{model} asks to run its own code (trust_remote_code), which is off for models the "
                             "owner has not allowed: add it to TUNER_TRUSTED_MODELS to allow it.")
+    merged_at_load = ""
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
         llm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -122,10 +125,14 @@ def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | N
             from peft import PeftModel
 
             llm = PeftModel.from_pretrained(llm, str(adapter), is_trainable=False)
+            if _merges_adapter(load_in_4bit):
+                llm = llm.merge_and_unload()  # a plain model again: decodes as fast as a merged one
+                merged_at_load = " (merged at load)"
     except (OSError, ValueError) as error:
         raise ChatLoadError(f"Could not load {model or adapter}: {error}") from error
     llm.eval()
-    described = {"base": f"base {model}", "adapter": f"{model} + adapter {adapter}", "merged": f"merged {model}"}
+    described = {"base": f"base {model}", "adapter": f"{model} + adapter {adapter}{merged_at_load}",
+                 "merged": f"merged {model}"}
     saved = info.get("template_spec") if template_name == info.get("template") else None
     chat = ChatModel(llm, tokenizer, saved or _template(template_name), template_name, info.get("system", ""),
                      described[kind])
@@ -134,6 +141,14 @@ def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | N
     if fast_decode:
         _prepare_fast_decode(chat, graphs=cuda)
     return chat
+
+
+def _merges_adapter(load_in_4bit: bool) -> bool:
+    """Whether an adapter is merged into its base at load. The base was loaded for this chat model alone (the
+    cache loads the plain base under another key), so merging in place changes nothing else, and the merged
+    weights take no more memory than the base. A LoRA on a 4-bit base stays unmerged: merging there would
+    round the update into NF4. ``TUNER_MERGE_ADAPTER=0`` keeps every adapter unmerged."""
+    return not load_in_4bit and os.environ.get("TUNER_MERGE_ADAPTER", "1") != "0"
 
 
 def _prepare_fast_decode(chat: ChatModel, graphs: bool) -> None:

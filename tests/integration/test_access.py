@@ -51,8 +51,18 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def studio_home(tmp_path_factory):
-    """A workspace with a saved data set and a job that XTuner trained to the end."""
+def training_hub():
+    server = HubServer()
+    server.add_user("alice", ALICE_TOKEN)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def studio_home(tmp_path_factory, training_hub):
+    """A workspace with a saved data set and a job that XTuner trained to the end, and that published its
+    adapter when done (as on a Space without a storage bucket), with a token given to its processes only."""
     home = tmp_path_factory.mktemp("access-home")
     patcher = pytest.MonkeyPatch()
     patcher.setenv("TUNER_HOME", str(home))
@@ -62,7 +72,8 @@ def studio_home(tmp_path_factory):
                           max_length=256, batch_size=4, save_steps=1000, evaluation_freq=1000,
                           evaluation_inputs=["Who are you?"])
     job = create_job(spec, "finished")
-    start_job(job)
+    start_job(job, publish_after={"hub": "hf", "repo": "alice/finished-adapter", "private": True,
+                                  "endpoint": training_hub.url}, secret_env={"TUNER_PUBLISH_TOKEN": ALICE_TOKEN})
     status = wait_job(job, timeout=900)
     assert status.state == JobState.SUCCEEDED, job.log_tail(40)
     patcher.undo()
@@ -167,11 +178,29 @@ def _call_every_endpoint(client, job_id: str) -> dict[str, str]:
     for name, info in client.view_api(print_info=False, return_format="dict")["named_endpoints"].items():
         args = [_plausible(p, job_id) for p in info["parameters"]]
         try:
-            client.predict(*args, api_name=name)
+            answer = client.predict(*args, api_name=name)
             outcomes[name.strip("/")] = "ok"
+            outcomes[name.strip("/") + " (answer)"] = str(answer)
         except Exception as error:  # noqa: BLE001 - the refusal is what we look at
             outcomes[name.strip("/")] = str(error)
     return outcomes
+
+
+def test_a_job_publishes_its_adapter_privately_when_training_succeeds(studio_home, training_hub):
+    home, job_id = studio_home
+    from tuner.jobs import get_job
+
+    os.environ["TUNER_HOME"], saved = str(home), os.environ.get("TUNER_HOME")
+    try:
+        status = get_job(job_id).read_status()
+    finally:
+        os.environ.pop("TUNER_HOME") if saved is None else os.environ.__setitem__("TUNER_HOME", saved)
+    assert status.publish_error == "" and status.published.endswith("/alice/finished-adapter"), status
+    repo = training_hub.repo("alice/finished-adapter")
+    assert repo.private and "adapter_config.json" in repo.files
+    for path in home.rglob("*"):  # the token went to the job's process, never to its folder
+        if path.is_file():
+            assert ALICE_TOKEN.encode() not in path.read_bytes(), path
 
 
 @pytest.mark.parametrize("mode", ["owner", "demo"])
@@ -182,7 +211,8 @@ def test_every_endpoint_refuses_an_anonymous_caller_and_changes_nothing(mode, st
     outcomes = _call_every_endpoint(app.client(), job_id)
     assert len(outcomes) >= 25, outcomes  # the whole app, read from the running app
     for name, outcome in outcomes.items():
-        if name in PUBLIC:
+        assert ALICE_TOKEN not in outcome and PASSWORD not in outcome, name
+        if name in PUBLIC or name.endswith(" (answer)"):
             continue
         assert outcome != "ok", f"{name} answered an anonymous caller"
         expected = "Sign in as the owner" if mode == "owner" else "chat-only demo"
@@ -207,6 +237,9 @@ def test_the_owner_signs_in_with_the_password_and_publishes_with_the_environment
     assert "alice/alice-assistant" in message
     assert ("model", "alice/alice-assistant") in hub.repos
     assert ALICE_TOKEN not in message
+    for path in home.rglob("*"):  # the token reached the hub, and no file of the workspace
+        if path.is_file():
+            assert ALICE_TOKEN.encode() not in path.read_bytes(), path
 
 
 def test_a_wrong_password_is_refused_and_then_rate_limited(studio):
