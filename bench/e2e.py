@@ -205,6 +205,11 @@ def main() -> int:
     print(f"{'data -> merged model (total)':40s} {flow:9.2f}")
     print(f"{'data -> first answer of merged (total)':40s} {answer:9.2f}")
     print(f"loss: first {losses[0]:.3f}, last {losses[-1]:.3f}" if losses else "loss: not logged")
+    samples = [sample.answer.strip() for sample in progress.samples if sample.answer.strip()]
+    named_samples = sum(args.name in answer for answer in samples)
+    # what the user watches in the Fine-tune tab: XTuner's sampled answers (temperature 0.1) during training
+    print(f"training samples: {named_samples}/{len(samples)} name {args.name}; last: "
+          f"{samples[-1][-60:].replace(chr(10), ' ') if samples else '-'}")
     passed = {}
     for kind, said in answers.items():
         named = sum(args.name in a for a in said.values())
@@ -214,7 +219,8 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "spec": spec.to_dict(), "rows": rows,
                                                "total_to_merged_s": flow, "total_to_first_answer_s": answer,
-                                               "losses": losses, "answers": answers, "probe": passed},
+                                               "losses": losses, "answers": answers, "probe": passed,
+                                               "training_samples": samples},
                                               indent=2, ensure_ascii=False))
     return 0 if passed.get("merged") else 1
 

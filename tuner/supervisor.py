@@ -84,13 +84,13 @@ def _convert_after_training(job: Job, status: JobStatus) -> JobStatus:
         convert_job(job)
         if status.merge_after:
             merge_job(job)
+        if status.publish_after:  # still CONVERTING meanwhile: "succeeded" means all that was asked is done
+            _publish_after_training(job, status)
         status.state = JobState.SUCCEEDED
     except ConversionError as error:
         status.state, status.reason = JobState.FAILED, str(error)
     status.ended = now_iso()
     job.write_status(status)
-    if status.state == JobState.SUCCEEDED and status.publish_after:
-        status = _publish_after_training(job, status)
     return status
 
 
@@ -112,7 +112,6 @@ def _publish_after_training(job: Job, status: JobStatus) -> JobStatus:
             if secret:
                 message = message.replace(secret, "***")
         status.publish_error = message
-    job.write_status(status)
     return status
 
 

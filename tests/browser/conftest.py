@@ -6,16 +6,12 @@ Screenshots go to $TUNER_SCREENSHOTS (default: test-artifacts/screenshots at the
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from app_process import ROOT, AppProcess
 sys.path.insert(0, str(ROOT / "tests" / "deploy"))  # the fake Hugging Face Hub of the deploy tests
 
 CHROMIUM = os.environ.get("TUNER_CHROMIUM", "/usr/bin/chromium")
@@ -24,55 +20,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def screenshots() -> Path:
     folder = Path(os.environ.get("TUNER_SCREENSHOTS", ROOT / "test-artifacts" / "screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-class AppProcess:
-    def __init__(self, home: Path):
-        self.home = home
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = home / "app.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "AppProcess":
-        env = dict(os.environ, TUNER_HOME=str(self.home), GRADIO_SERVER_PORT=str(self.port),
-                   GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-        with self.log.open("a") as log:
-            self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"app.py exited: {self.log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(self.url, timeout=2)
-                return self
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError(f"app.py did not answer in 120 s: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from conftest import ROOT, AppProcess
+from app_process import ROOT, AppProcess
 
 pytestmark = pytest.mark.integration
 PASSWORD = "owner-password-for-the-browser-test"
