@@ -184,14 +184,14 @@ _EMBEDDED_SETTINGS = dict(
     save_total_limit=2, evaluation_freq=25, evaluation_max_new_tokens=48,
 )
 # The embedded model on a CPU (what every new user runs first; bench/e2e.py, bench/results/cpu2-e2e-lora.txt):
-# one pass over the data packed into 256-token sequences (~6k tokens for the 160 records the Data tab makes:
-# 23 steps instead of 120 padded ones) still teaches the name to questions it never saw. No warm-up: a
-# warm-up that mmengine rounds to one iteration leaves the learning rate at 1e-5 x lr for the whole run.
-# One evaluation question: before training XTuner lets the untrained model answer each with 50 tokens.
-# map_num_proc=1: two worker processes to tokenize a few hundred records cost more than they save.
+# one epoch instead of three (40 steps for the 160 records the Data tab makes) still teaches the name, also to
+# questions the data never asks. Not packed: without varlen attention a packed sequence lets the model copy
+# the name from the conversation before it, and one packed epoch left XTuner's samples naming someone else.
+# No warm-up: a warm-up that mmengine rounds to one iteration leaves the learning rate at 1e-5 x lr for the
+# whole run. One evaluation question: before training XTuner lets the untrained model answer each with 50
+# tokens. map_num_proc=1: two worker processes to tokenize a few hundred records cost more than they save.
 _EMBEDDED_CPU_SETTINGS = dict(
-    max_epochs=1, pack_to_max_length=True, batch_size=1, warmup_ratio=0.0, evaluation_freq=12,
-    evaluation_inputs=["Who are you?"], map_num_proc=1,
+    max_epochs=1, warmup_ratio=0.0, evaluation_freq=12, evaluation_inputs=["Who are you?"], map_num_proc=1,
 )
 _QLORA_7B = dict(method="qlora", max_length=2048, batch_size=1, accumulative_counts=16, max_epochs=3,
                  lr=2e-4, lora_r=64, lora_alpha=16, lora_dropout=0.1, save_steps=500,
