@@ -1,6 +1,7 @@
 """Training speed: the app's own path against a plain transformers + peft (+ bitsandbytes) loop.
 
     python bench/train_speed.py --tokenizer DIR [--steps 30] [--levers liger,bf16,...] [--app none,liger] [--json OUT]
+    python bench/train_speed.py --tokenizer DIR --no-plain --app liger,liger+8bit,liger+8bit+offload+r16   (memory)
     python bench/train_speed.py --cpu [--json OUT]     (the embedded default on CPU, a couple of minutes)
 
 Both on the same Llama-2-7B-shaped model (random weights, written once by bench/multigpu.py's
@@ -16,7 +17,14 @@ profile). Writes JSON with --json.
 the same batches, so the loss difference to the plain loop is a correctness check): liger (Liger Kernel's
 RMSNorm, RoPE, SwiGLU, fused linear cross-entropy: TrainSpec.kernels), bf16 (frozen unquantized weights
 kept in bf16 instead of peft's fp32 upcast), noreentrant (non-reentrant checkpointing), compile
-(torch.compile of each decoder layer). --app gives one app row per TrainSpec.kernels setting.
+(torch.compile of each decoder layer).
+
+--app gives one app row per entry; an entry is '+'-joined tokens, each a TrainSpec override (see APP_TOKENS):
+none / auto / liger (kernels), 8bit (optimizer=adamw_8bit), paged8bit (optimizer=paged_adamw_8bit), offload
+(offload_activations), r16 (lora_r=16; any rN). App rows also show the GPU memory nvidia-smi saw in use during
+the job over what was in use before it ('GPU used': the whole training process, CUDA context, allocator cache and
+paged optimizer states included, which 'peak GiB', XTuner's torch.cuda.max_memory_allocated, leaves out), and
+as 'loss diff' the largest difference of their first losses to the first app row's.
 """
 
 from __future__ import annotations
@@ -198,25 +206,102 @@ def plain_rows(model_dir: Path, steps: int, levers: list[str], seed: int = 0, pr
     return rows
 
 
+def mark_first_loss_diffs(apps: list[dict]) -> None:
+    """Each app row's largest difference of its first losses to the first app row's (a correctness check)."""
+    base = apps[0].get("first_losses") if apps else None
+    for row in apps[1:]:
+        if base and row.get("first_losses"):
+            row["max_loss_diff"] = max(abs(a - b) for a, b in zip(base, row["first_losses"]))
+
+
 def plain_loop(model_dir: Path, steps: int, seed: int = 0) -> dict:
     return plain_rows(model_dir, steps, [], seed, profile=False)[0]
 
 
-def app_path(model_dir: Path, records: int, kernels: str = "auto") -> dict:
+# --app tokens: each one a TrainSpec override; an app row's entry joins them with '+'.
+APP_TOKENS = {
+    "none": {"kernels": "none"}, "auto": {"kernels": "auto"}, "liger": {"kernels": "liger"},
+    "8bit": {"optimizer": "adamw_8bit"}, "paged8bit": {"optimizer": "paged_adamw_8bit"},
+    "offload": {"offload_activations": True},
+}
+
+
+def app_overrides(entry: str) -> dict:
+    """The TrainSpec overrides an --app entry such as ``liger+paged8bit+offload+r16`` stands for."""
+    overrides: dict = {}
+    for token in entry.split("+"):
+        if token in APP_TOKENS:
+            overrides.update(APP_TOKENS[token])
+        elif token[:1] == "r" and token[1:].isdigit():
+            overrides["lora_r"] = int(token[1:])
+        else:
+            raise ValueError(f"unknown --app token {token!r} in {entry!r}: use {', '.join(APP_TOKENS)} or rN")
+    return overrides
+
+
+class GpuMemoryInUse:
+    """The most GPU memory nvidia-smi reports in use while this is open, over what was in use when it opened."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s, self.most_mib, self.before_mib = interval_s, None, None
+
+    @staticmethod
+    def _used_mib() -> float | None:
+        import subprocess
+
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i",
+                                  os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]],
+                                 capture_output=True, text=True, timeout=10).stdout
+            return float(out.split()[0])
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            return None
+
+    def __enter__(self):
+        import threading
+
+        self.before_mib = self._used_mib()
+        self._stop = threading.Event()
+
+        def poll():
+            while not self._stop.wait(self.interval_s):
+                used = self._used_mib()
+                if used is not None:
+                    self.most_mib = max(self.most_mib or 0.0, used)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def gib(self) -> float | None:
+        if self.most_mib is None or self.before_mib is None:
+            return None
+        return (self.most_mib - self.before_mib) / 1024
+
+
+def app_path(model_dir: Path, records: int, entry: str = "auto") -> dict:
     from multigpu import run_job
 
     from tuner.data import self_cognition_records, write_jsonl
     from tuner.spec import spec_for_model
 
     data = write_jsonl(self_cognition_records("Alice", count=records), Path(os.environ["TUNER_HOME"]) / "d.jsonl")
-    spec = spec_for_model(str(model_dir), data_files=[str(data)], method="qlora", precision="bf16", max_length=SEQ,
-                          pack_to_max_length=True, batch_size=1, accumulative_counts=1, max_epochs=1, lr=2e-4,
-                          lora_r=64, lora_alpha=16, lora_dropout=0.1, save_steps=100000, evaluation_freq=100000,
-                          evaluation_max_new_tokens=4, evaluation_inputs=["Who are you?"], warmup_ratio=0.0,
-                          template="qwen_chat", seed=0, kernels=kernels)
-    result = run_job(spec, f"app-xtuner-{kernels}")
-    result["name"] = f"app (xtuner train), kernels={kernels}"
+    settings = dict(method="qlora", precision="bf16", max_length=SEQ, pack_to_max_length=True, batch_size=1,
+                    accumulative_counts=1, max_epochs=1, lr=2e-4, lora_r=64, lora_alpha=16, lora_dropout=0.1,
+                    save_steps=100000, evaluation_freq=100000, evaluation_max_new_tokens=4,
+                    evaluation_inputs=["Who are you?"], warmup_ratio=0.0, template="qwen_chat", seed=0)
+    settings.update(app_overrides(entry))
+    spec = spec_for_model(str(model_dir), data_files=[str(data)], **settings)
+    with GpuMemoryInUse() as in_use:
+        result = run_job(spec, f"app-xtuner-{entry.replace('+', '-')}")
+    result["name"] = f"app (xtuner train), {entry}"
     result["tokens_per_s"] = result.pop("tokens_per_s_per_gpu", 0.0)
+    result["gpu_used_gib"] = in_use.gib()
+    result["overrides"] = app_overrides(entry)
     return result
 
 
@@ -315,8 +400,10 @@ def main() -> int:
                         help="self-cognition records for the app's job (2400: about 40 packed steps on the GPU)")
     parser.add_argument("--levers", default="", help="comma-separated, added in turn to the plain loop: "
                         + ", ".join(LEVERS))
-    parser.add_argument("--app", default="none,auto", help="app rows: comma-separated kernels settings "
-                        "(none: before the kernels lever; auto: the default); empty for no app rows")
+    parser.add_argument("--app", default="none,auto", help="app rows, comma-separated; each '+'-joined tokens: "
+                        + ", ".join(APP_TOKENS) + ", rN (lora_r=N); e.g. liger,liger+8bit+offload; empty: none")
+    parser.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True,
+                        help="the plain loop rows (--no-plain: app rows only, compared with the first of them)")
     parser.add_argument("--compile-limit", type=int, default=300, help="seconds the compile lever may take")
     parser.add_argument("--json")
     parser.add_argument("--app-json", help="reuse the app rows of an earlier run")
@@ -332,25 +419,39 @@ def main() -> int:
 
     import torch
 
+    entries = [x for x in args.app.split(",") if x]
+    for entry in entries:
+        app_overrides(entry)  # an unknown token fails now, not after the plain loop
     model = make_model(Path(args.model_dir), Path(args.tokenizer))
     levers = [x for x in args.levers.split(",") if x]
-    plain = plain_rows(model, args.steps, levers, compile_limit_s=args.compile_limit)
+    plain = plain_rows(model, args.steps, levers, compile_limit_s=args.compile_limit) if args.plain else []
     if args.app_json:
         apps = json.loads(Path(args.app_json).read_text())["app"]
     else:
-        apps = [app_path(model, args.records, kernels) for kernels in args.app.split(",") if kernels]
-    print(f"\ntraining, 7B-shaped Llama, NF4 QLoRA r=64, packed {SEQ}, batch 1 ({torch.cuda.get_device_name()})\n")
-    print(f"{'path':40s} {'s/iter':>7s} {'tokens/s':>9s} {'peak GiB':>9s} {'vs plain':>9s} {'GPU ms':>7s} "
-          f"{'GPU busy %':>10s}  loss diff")
-    base = plain[0].get("tokens_per_s")
-    for row in plain + apps:
+        apps = []
+        for entry in entries:  # a line per row as it ends: a run cut off by its time limit keeps the rows done
+            apps.append(app_path(model, args.records, entry))
+            row = apps[-1]
+            print(f"row done: {row['name']}: {cell(row.get('seconds_per_iter'), '.3f')} s/iter, peak "
+                  f"{cell(row.get('peak_memory_gib'), '.2f')} GiB, GPU used {cell(row.get('gpu_used_gib'), '.2f')} "
+                  f"GiB, {row.get('state')}, first losses {row.get('first_losses')}", flush=True)
+    mark_first_loss_diffs(apps)
+    print(f"\ntraining, 7B-shaped Llama, NF4 QLoRA (r=64 unless rN), packed {SEQ}, batch 1 "
+          f"({torch.cuda.get_device_name()})\n")
+    versus = "vs plain" if plain else "vs row 1"
+    print(f"{'path':48s} {'s/iter':>7s} {'tokens/s':>9s} {'peak GiB':>9s} {'GPU used':>9s} {versus:>9s} "
+          f"{'GPU ms':>7s} {'GPU busy %':>10s}  loss diff")
+    rows = plain + apps
+    base = rows[0].get("tokens_per_s") if rows else None
+    for row in rows:
         if "error" in row or not row.get("tokens_per_s"):
-            print(f"{row['name']:40s} failed: {row.get('error') or row.get('reason') or row.get('state')}")
+            print(f"{row['name']:48s} failed: {row.get('error') or row.get('reason') or row.get('state')}")
             continue
         ratio = row["tokens_per_s"] / base if base else None
         gpu = row.get("gpu_kernel_ms_per_iter")
-        print(f"{row['name']:40s} {cell(row.get('seconds_per_iter'), '7.3f')} {cell(row['tokens_per_s'], '9.0f')} "
-              f"{cell(row.get('peak_memory_gib'), '9.2f')} {cell(ratio, '8.2f', 'x')} {cell(gpu, '7.0f')} "
+        print(f"{row['name']:48s} {cell(row.get('seconds_per_iter'), '7.3f')} {cell(row['tokens_per_s'], '9.0f')} "
+              f"{cell(row.get('peak_memory_gib'), '9.2f')} {cell(row.get('gpu_used_gib'), '9.2f')} "
+              f"{cell(ratio, '8.2f', 'x')} {cell(gpu, '7.0f')} "
               f"{cell(gpu_busy_percent(row), '10.0f')}  {cell(row.get('max_loss_diff'), '.4f')}")
     if args.json:
         Path(args.json).write_text(json.dumps({"plain": plain, "app": apps}, indent=2))

@@ -123,7 +123,8 @@ def _spec_from_args(args):
     overrides = {}
     for name in ("template", "method", "precision", "max_length", "batch_size", "accumulative_counts",
                  "max_epochs", "lr", "lora_r", "lora_alpha", "lora_dropout", "save_steps", "evaluation_freq",
-                 "system", "deepspeed", "gpus", "seed", "warmup_ratio", "kernels"):
+                 "system", "deepspeed", "gpus", "seed", "warmup_ratio", "kernels", "optimizer",
+                 "offload_activations"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -368,7 +369,7 @@ def _add_table_options(parser) -> None:
 
 
 def _add_spec_options(parser) -> None:
-    from tuner.spec import DEEPSPEED_CHOICES, METHODS, PRECISIONS
+    from tuner.spec import DEEPSPEED_CHOICES, METHODS, OPTIMIZERS, PRECISIONS
     from tuner.kernels import KERNEL_CHOICES
 
     parser.add_argument("--model", default=EMBEDDED_MODEL, help="model: embedded default, local folder or hub id")
@@ -385,6 +386,10 @@ def _add_spec_options(parser) -> None:
     parser.add_argument("--deepspeed", choices=DEEPSPEED_CHOICES)
     parser.add_argument("--kernels", choices=KERNEL_CHOICES,
                         help="fused training kernels: liger (Liger Kernel, CUDA), auto (liger where possible), none")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS,
+                        help="adamw (torch); adamw_8bit, paged_adamw_8bit: bitsandbytes' 8-bit states (CUDA)")
+    parser.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep the checkpointed layers' inputs in pinned host memory during a step (CUDA)")
 
 
 def _add_generation_options(parser) -> None:

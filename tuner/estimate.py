@@ -95,8 +95,11 @@ def estimate_training(spec: TrainSpec, shape: ModelShape, tokens_per_epoch: int,
     tokens_per_step = spec.max_length * spec.batch_size if spec.pack_to_max_length else \
         min(spec.max_length, 512) * spec.batch_size
     activations = tokens_per_step * shape.hidden * shape.layers * 2 * 2  # checkpointed layer inputs, bf16
+    if spec.offload_activations:
+        activations = activations * 2 / shape.layers  # in host memory but the one in use and the next
     logits = tokens_per_step * shape.vocab * 4 * 2  # fp32 logits and their gradient
-    memory = shape.parameters * weight_bytes + lora_parameters * 16 + activations + logits + 0.5 * GIB
+    lora_bytes = 4 + 4 + (8 if spec.optimizer == "adamw" else 2)  # fp32 weight, gradient, two Adam states
+    memory = shape.parameters * weight_bytes + lora_parameters * lora_bytes + activations + logits + 0.5 * GIB
     tokens = tokens_per_epoch * spec.max_epochs
     if on_gpu:
         rate = H100_TOKENS_PER_S_7B * 7e9 / shape.parameters * max(1, spec.gpus)

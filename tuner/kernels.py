@@ -54,7 +54,7 @@ def install_training_hooks() -> None:
     """In a training process: apply what ``TUNER_KERNELS`` asks for to the model XTuner builds."""
     if os.environ.get(ENV, "none") != "liger":
         return
-    _after_import("xtuner.model.sft", _wrap_dispatch)
+    after_import("xtuner.model.sft", _wrap_dispatch)
 
 
 def _wrap_dispatch(sft) -> None:
@@ -73,7 +73,7 @@ def _wrap_dispatch(sft) -> None:
     sft.dispatch_modules = dispatch_modules
 
 
-def _after_import(name: str, callback) -> None:
+def after_import(name: str, callback) -> None:
     """Run ``callback(module)`` once ``name`` has been imported (now, if it already is)."""
     import sys
 

@@ -30,6 +30,13 @@ DEEPSPEED_CHOICES = (
     "deepspeed_zero3_offload",
 )
 DEFAULT_EVALUATION_INPUTS = ("请做一下自我介绍", "Who are you?")
+# TrainSpec.optimizer -> the class the config's optim_type names, and where it is imported from.
+OPTIMIZER_CLASSES = {
+    "adamw": ("torch.optim", "AdamW"),
+    "adamw_8bit": ("bitsandbytes.optim", "AdamW8bit"),
+    "paged_adamw_8bit": ("bitsandbytes.optim", "PagedAdamW8bit"),
+}
+OPTIMIZERS = tuple(OPTIMIZER_CLASSES)
 
 
 @dataclass
@@ -68,6 +75,15 @@ class TrainSpec:
     # auto: Liger where there is a CUDA GPU and liger-kernel is installed; none: off. Off by default until
     # bench/train_speed.py has shown on the GPU machine that it pays (not measured yet: see bench/gpu_levers.sh).
     kernels: str = "none"
+    # Memory levers (issue 12). optimizer: adamw (torch's AdamW); adamw_8bit / paged_adamw_8bit: bitsandbytes'
+    # AdamW with its two states in 8 bits (the QLoRA paper's lever: about 1 GB less for LoRA r=64 on a 7B; the
+    # paged one also lets CUDA move the states to host memory under memory pressure). Same lr, betas and
+    # weight_decay. Needs a CUDA GPU; not combined with DeepSpeed (untested there).
+    optimizer: str = "adamw"
+    # True: the inputs of the gradient-checkpointed layers wait in pinned host memory between the forward and
+    # the backward pass (tuner/offload.py; about 1 GiB less for a 7B at 2048 tokens). Needs a CUDA GPU: on
+    # another machine spec_problems refuses it (there the tensors are in host memory already).
+    offload_activations: bool = False
 
     @property
     def prompt_template(self) -> str:
@@ -141,6 +157,29 @@ def spec_problems(spec: TrainSpec, cuda_available: bool | None = None) -> list[s
     elif spec.kernels == "liger" and not liger_available():
         problems.append("Liger kernels need the liger-kernel package: pip install liger-kernel==0.5.10, "
                         "or choose auto or none.")
+    problems += _memory_lever_problems(spec, cuda_available)
+    return problems
+
+
+def _memory_lever_problems(spec: TrainSpec, cuda_available: bool) -> list[str]:
+    problems = []
+    if spec.optimizer not in OPTIMIZERS:
+        problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {spec.optimizer!r}.")
+    elif spec.optimizer != "adamw":
+        if not cuda_available:
+            problems.append(f"optimizer {spec.optimizer!r} runs bitsandbytes' 8-bit optimizer, which needs a CUDA "
+                            "GPU; this machine has none. Choose adamw.")
+        elif importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(f"optimizer {spec.optimizer!r} needs the bitsandbytes package: "
+                            "pip install bitsandbytes==0.50.2, or choose adamw.")
+        if spec.deepspeed != "none":
+            problems.append(f"optimizer {spec.optimizer!r} is not combined with DeepSpeed here (ZeRO keeps the "
+                            "optimizer states its own way): choose optimizer adamw or deepspeed none.")
+    if not isinstance(spec.offload_activations, bool):
+        problems.append("offload_activations must be true or false.")
+    elif spec.offload_activations and not cuda_available:
+        problems.append("offload_activations moves activations from GPU memory to host memory, which needs a "
+                        "CUDA GPU; this machine has none. Turn offload_activations off.")
     return problems
 
 
@@ -237,7 +276,7 @@ from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook,
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR, OptimWrapper
 from peft import LoraConfig
 from torch.optim import AdamW
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+{optimizer_import}from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from xtuner.dataset import process_hf_dataset
 from xtuner.dataset.collate_fns import default_collate_fn
@@ -417,7 +456,7 @@ _SETTINGS = (
     ("dataloader_num_workers", "dataloader_num_workers"),
     ("map_num_proc", "map_num_proc"),
     ("max_epochs", "max_epochs"),
-    ("optim_type", None),
+    ("optim_type", "optimizer"),
     ("lr", "lr"),
     ("betas", "betas"),
     ("weight_decay", "weight_decay"),
@@ -440,8 +479,9 @@ _SETTINGS = (
     ("deepspeed", "deepspeed"),
     ("gpus", "gpus"),
     ("seed", "seed"),
-    ("# Speed (applied by tuner's job runner inside the training process, not by XTuner)", None),
+    ("# Speed and memory (applied by tuner's job runner inside the training process, not by XTuner)", None),
     ("kernels", "kernels"),
+    ("offload_activations", "offload_activations"),
 )
 _COMMENTS = {
     "method": "  # qlora: 4-bit base model; lora: base in `precision`",
@@ -449,6 +489,8 @@ _COMMENTS = {
     "max_norm": "  # grad clip",
     "batch_size": "  # per_device",
     "kernels": "  # auto: Liger Kernel's fused Triton kernels on a CUDA GPU when installed; liger; none",
+    "optim_type": "  # AdamW (torch); AdamW8bit, PagedAdamW8bit: bitsandbytes' 8-bit states (CUDA)",
+    "offload_activations": "  # True: checkpointed layers' inputs wait in pinned host memory (CUDA)",
 }
 
 
@@ -470,7 +512,9 @@ def render_config(spec: TrainSpec, config_name: str = "config.py", model_path: s
     values = spec.to_dict()
     values["model"] = model_path or spec.model
     values["precision"] = precision
-    lines = [_CONFIG_HEADER.format(config_name=config_name), "",
+    module, optim_class = OPTIMIZER_CLASSES.get(spec.optimizer, OPTIMIZER_CLASSES["adamw"])
+    optimizer_import = "" if module == "torch.optim" else f"from {module} import {optim_class}\n"
+    lines = [_CONFIG_HEADER.format(config_name=config_name, optimizer_import=optimizer_import), "",
              "#" * 71, "#                          PART 1  Settings                           #", "#" * 71]
     for variable, name in _SETTINGS:
         if variable.startswith("#"):
@@ -480,7 +524,7 @@ def render_config(spec: TrainSpec, config_name: str = "config.py", model_path: s
         elif variable == "use_varlen_attn":
             lines.append("use_varlen_attn = False")
         elif variable == "optim_type":
-            lines.append("optim_type = AdamW")
+            lines.append(f"optim_type = {optim_class}{_COMMENTS[variable]}")
         else:
             value = values[name]
             if isinstance(value, list):
@@ -499,6 +543,9 @@ def render_config(spec: TrainSpec, config_name: str = "config.py", model_path: s
     return "\n".join(lines) + "\n" + body
 
 
+_OPTIMIZER_BY_CLASS = {optim_class: name for name, (_, optim_class) in OPTIMIZER_CLASSES.items()}
+
+
 def read_config(text: str) -> TrainSpec:
     """The spec a config of ours (or one edited by hand in PART 1) describes."""
     tree = ast.parse(text)
@@ -510,6 +557,9 @@ def read_config(text: str) -> TrainSpec:
         variable = node.targets[0].id
         if variable == "prompt_template" and isinstance(node.value, ast.Attribute):
             found["template"] = node.value.attr
+            continue
+        if variable == "optim_type" and isinstance(node.value, ast.Name):
+            found[variable] = _OPTIMIZER_BY_CLASS.get(node.value.id, node.value.id)
             continue
         try:
             found[variable] = ast.literal_eval(node.value)

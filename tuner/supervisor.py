@@ -19,6 +19,7 @@ from tuner.jobs import Job, JobState, JobStatus, now_iso, queue_position
 from tuner.kernels import ENV as KERNELS_ENV
 from tuner.kernels import resolve_kernels
 from tuner.launch import shell_command, train_command
+from tuner.offload import ENV as OFFLOAD_ENV
 from tuner.processes import JOB_ENV, stop_job_processes
 from tuner.xtuner_cli import tool_environment, xtuner_command
 
@@ -40,8 +41,8 @@ def supervise(job: Job, resume: bool) -> JobStatus:
     resume_from = job.last_checkpoint() if resume else None
     command, extra_env = train_command(job.config_path, job.work_dir, spec, resume_from)
     command = xtuner_command() + command[1:]
-    kernels, kernels_note = _kernels(spec)
-    extra_env[KERNELS_ENV] = kernels  # read by the start-up hook in the training process (tuner/kernels.py)
+    lever_env, kernels_note = _lever_environment(spec)
+    extra_env.update(lever_env)
     env = tool_environment()
     env.update(extra_env)
     env.update(visible_devices_env(lease))
@@ -65,6 +66,13 @@ def supervise(job: Job, resume: bool) -> JobStatus:
     if status.state == JobState.SUCCEEDED:
         status = _convert_after_training(job, status)
     return status
+
+
+def _lever_environment(spec) -> tuple[dict[str, str], str]:
+    """What the start-up hook in the training process reads (tuner/kernels.py, tuner/offload.py), and a note
+    for the log when the kernels setting had to change."""
+    kernels, note = _kernels(spec)
+    return {KERNELS_ENV: kernels, OFFLOAD_ENV: "1" if spec.offload_activations else "0"}, note
 
 
 def _kernels(spec) -> tuple[str, str]:

@@ -18,6 +18,15 @@ def apply_patches() -> None:
     _cpu_bf16_probe()
     quiet_known_noise()
     _training_kernels()
+    _activation_offload()
+
+
+def _activation_offload() -> None:
+    # The spec's `offload_activations` lever (tuner/offload.py): the checkpointed layers' inputs wait in pinned
+    # host memory, when the job runner sets TUNER_OFFLOAD_ACTIVATIONS=1 for this process.
+    from tuner.offload import install_training_hooks
+
+    install_training_hooks()
 
 
 def _training_kernels() -> None:

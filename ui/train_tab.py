@@ -19,7 +19,8 @@ from tuner.kernels import KERNEL_CHOICES
 from tuner.launch import shell_command, train_command
 from tuner.models import EMBEDDED_MODEL, guess_template, resolve_model, template_names
 from tuner.progress import ProgressCache
-from tuner.spec import DEEPSPEED_CHOICES, PRECISIONS, PRESETS, TrainSpec, render_config, spec_for_model, spec_problems
+from tuner.spec import (DEEPSPEED_CHOICES, OPTIMIZERS, PRECISIONS, PRESETS, TrainSpec, render_config, spec_for_model,
+                        spec_problems)
 from tuner.access import Mode, check_model_choice, configured_mode
 from tuner.runtime import Place, current_place
 from ui.access_guard import current_caller, current_oauth_token
@@ -30,8 +31,9 @@ from ui.i18n import Labels, t
 
 BASIC = ("max_epochs", "lr", "batch_size", "accumulative_counts", "max_length", "pack_to_max_length",
          "lora_r", "lora_alpha", "lora_dropout", "warmup_ratio", "precision")
-ADVANCED = ("gpus", "deepspeed", "kernels", "seed", "save_steps", "save_total_limit", "evaluation_freq",
-            "evaluation_max_new_tokens", "max_norm", "weight_decay", "system", "evaluation_inputs")
+ADVANCED = ("gpus", "deepspeed", "kernels", "optimizer", "offload_activations", "seed", "save_steps",
+            "save_total_limit", "evaluation_freq", "evaluation_max_new_tokens", "max_norm", "weight_decay", "system",
+            "evaluation_inputs")
 FIELDS = BASIC + ADVANCED
 _progress = ProgressCache()
 
@@ -53,6 +55,8 @@ def field_component(labels: Labels, name: str, default):
         return labels(gr.Dropdown, choices=list(DEEPSPEED_CHOICES), value=default, **common)
     if name == "kernels":
         return labels(gr.Dropdown, choices=list(KERNEL_CHOICES), value=default, **common)
+    if name == "optimizer":
+        return labels(gr.Dropdown, choices=list(OPTIMIZERS), value=default, **common)
     if name == "system":
         return labels(gr.Textbox, value=default, lines=2, **common)
     if name == "evaluation_inputs":
