@@ -55,6 +55,25 @@ def _time_stream(chat, settings) -> tuple[float, float]:
     return first, (settings.max_new_tokens - 1) / (total - first)
 
 
+def _time_slot_batch(chat) -> tuple[float, float]:
+    """First token and tokens/s of one reply alone in tuner/slot_batching.py's batcher (same prompt as _time_stream)."""
+    from tuner.batching import END
+    from tuner.chat import prompt_token_ids, _stop_ids
+    from tuner.decode import Sampling
+
+    ids = prompt_token_ids(chat, "Tell me about yourself.")
+    for new in (8, NEW):  # the first captures the step's graph
+        request = chat.slot_batcher.submit(ids, Sampling(max_new_tokens=new, min_new_tokens=new), _stop_ids(chat))
+        start = time.perf_counter()
+        first, count = None, 0
+        while request.tokens.get(timeout=300) is not END:
+            count += 1
+            if first is None:
+                first = time.perf_counter() - start
+        total = time.perf_counter() - start
+    return first, (count - 1) / (total - first)
+
+
 def _sync() -> None:
     import torch
 
@@ -90,6 +109,8 @@ def measure(kind: str, model_dir: Path | str, adapter: Path | None, four_bit: bo
         pass
     first, rate = _time_stream(chat, GenerationSettings(max_new_tokens=NEW, min_new_tokens=NEW))
     rows.append((label, "app, fast decode", first, rate))
+    if chat.slot_batcher:  # what a reply costs as a batch of one in the slot batcher (CUDA graphs, any batch)
+        rows.append((label, "slot batch of one", *_time_slot_batch(chat)))
     before = GenerationSettings(max_new_tokens=before_tokens, min_new_tokens=before_tokens, fast_decode=False)
     first, rate = _time_stream(chat, before)  # the same model through generate: the engine before
     rows.append((label, "app, generate", first, rate))

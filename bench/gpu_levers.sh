@@ -48,8 +48,35 @@ case "$what" in
         echo "train_speed rc=$?"
         grep -E "s/iter|FAILED|Error|^path|^plain|^app" "$OUT/app.log" | tail -40
         ;;
+    serve)
+        # issue 13 on the GPU: the 7B-shaped model behind `python -m tuner serve`, 1/4/20 sessions, the slot
+        # batcher (CUDA-graph steps, the default) against TUNER_BATCHING=0 (the batch-1 decoder, one reply at a
+        # time: the GPU path before); then the batch-1 chat rows (slot batch vs batch-1 decoder). Needs also
+        # carry ".gpu/wheels-api" (fastapi, uvicorn, httpx, ...: bench/gpu_levers.sh's header).
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$S" \
+            .gpu/wheels-api/*.whl || exit 1
+        timeout 150 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; \
+from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.gpu/tokenizer'))" || exit 1
+        timeout 330 python3 bench/load.py --start --compare-unbatched --model /tmp/llama-7b-shape \
+            --time-limit 60 --out "$OUT/load.txt" --server-log "$OUT/serve.log" > "$OUT/load.log" 2>&1
+        echo "load rc=$?"
+        grep -v -i "warn" "$OUT/load.log" | tail -20; grep -i -E "error|traceback|graphs off" "$OUT/serve.log" | tail -8
+        timeout 150 python3 bench/chat_speed.py --kinds merged --json "$OUT/chat.json" > "$OUT/chat.log" 2>&1
+        echo "chat_speed rc=$?"
+        grep -v -i "warn" "$OUT/chat.log" | tail -12
+        ;;
+    compile)
+        # issue 12: the batch-1 decoder's step compiled by Inductor before capture (TUNER_DECODE_COMPILE=1),
+        # merged bf16 and merged 4-bit
+        timeout 150 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; \
+from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.gpu/tokenizer'))" || exit 1
+        TUNER_SLOT_BATCHING=0 TUNER_DECODE_COMPILE=1 timeout 420 python3 bench/chat_speed.py \
+            --kinds merged,merged-4bit --json "$OUT/compile.json" > "$OUT/compile.log" 2>&1
+        echo "chat_speed (compile) rc=$?"
+        grep -v -i "warn" "$OUT/compile.log" | tail -14
+        ;;
     *)
-        echo "usage: bash bench/gpu_levers.sh chat|levers|app" >&2
+        echo "usage: bash bench/gpu_levers.sh chat|levers|app|serve|compile" >&2
         exit 2
         ;;
 esac

@@ -124,13 +124,14 @@ def run_row(url: str, key: str, model: str, sessions: int, turns: int, max_token
     return row
 
 
-def start_server(batching: bool, model: str) -> tuple[subprocess.Popen, str]:
+def start_server(batching: bool, model: str, log: str | None = None) -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = dict(os.environ, TUNER_BATCHING="1" if batching else "0", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, TUNER_BATCHING="1" if batching else "0", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     process = subprocess.Popen([sys.executable, "-m", "tuner", "serve", "--port", str(port), "--model", model],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                               cwd=ROOT, env=env, stderr=subprocess.STDOUT,
+                               stdout=open(log, "a") if log else subprocess.DEVNULL)  # noqa: SIM115 - the server's
     url = f"http://127.0.0.1:{port}"
     import httpx
 
@@ -189,6 +190,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--time-limit", type=float, default=240, help="seconds per row at most")
     parser.add_argument("--out", help="also write the table here")
+    parser.add_argument("--server-log", help="with --start: append the servers' output to this file")
     args = parser.parse_args()
     if not args.url and not args.start:
         parser.error("give --url of a running server, or --start")
@@ -197,7 +199,7 @@ def main() -> None:
     header = [f"bench/load.py: {args.turns} streamed turns per session, <= {args.max_tokens} new tokens each, greedy, "
               f"model {args.model}",
               f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-              f"CUDA {'yes' if torch.cuda.is_available() else 'no'}",
+              f"CUDA {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}",
               "first token: from sending the request to its first text; tokens/s: all sessions' new tokens / wall "
               "time", ""]
     lines = list(header)
@@ -206,7 +208,7 @@ def main() -> None:
     else:
         modes = [True, False] if args.compare_unbatched else [True]
         for batching in modes:
-            process, url = start_server(batching, args.model)
+            process, url = start_server(batching, args.model, args.server_log)
             try:
                 label = "batched (continuous batching)" if batching else "unbatched (TUNER_BATCHING=0: one at a time)"
                 lines += measure(url, args, label) + [""]

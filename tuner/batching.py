@@ -53,6 +53,7 @@ class _Row:
     generated: int = 0
     seen: object = None  # (1, prompt + max_new) ids for the repetition penalty, when it is on
     stop_tensor: object = None
+    slot: int = 0  # its row of the static cache (tuner/slot_batching.py)
 
 
 def supports_batching(model) -> bool:
@@ -260,10 +261,15 @@ class Batcher:
         """Each row's next token with its own settings, handed to its reader; returns the rows that are done."""
         import torch
 
-        chosen = [choose_next(logits[index:index + 1], row.seen, len(row.request.prompt_ids) + row.generated,
-                              row.generated, row.request.sampling, row.stop_tensor)
-                  for index, row in enumerate(rows)]
-        tokens = torch.cat(chosen, 0).view(-1).tolist()
+        chosen = torch.argmax(logits, dim=-1)  # the choice of every greedy row without penalty, in one kernel
+        for index, row in enumerate(rows):
+            sampling = row.request.sampling
+            plain = sampling.temperature <= 0 and sampling.repetition_penalty == 1.0 and (
+                row.stop_tensor is None or row.generated >= sampling.min_new_tokens)
+            if not plain:
+                chosen[index] = choose_next(logits[index:index + 1], row.seen, len(row.request.prompt_ids)
+                                            + row.generated, row.generated, sampling, row.stop_tensor)[0, 0]
+        tokens = chosen.tolist()
         done = []
         for row, token in zip(rows, tokens):
             request = row.request

@@ -45,6 +45,8 @@ class ChatModel:
     decoder: object | None = None  # tuner.decode.StaticDecoder when fast decoding is on
     decoding: str = "generate"  # how replies are decoded, for the user: "CUDA graphs (ready in 1.2 s)"
     batcher: object | None = None  # tuner.batching.Batcher, made at the first reply; False: this model cannot batch
+    slot_batcher: object | None = None  # tuner.slot_batching.SlotBatcher (CUDA graphs), made likewise
+    decoder_in_use: bool = False  # a reply is being written by ``decoder`` (one at a time)
     replies: int = 0  # replies being written now: a model that is replying is never evicted
 
 
@@ -79,8 +81,8 @@ def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | N
 
     ``fast_decode``: decode with a static KV cache and CUDA graphs (tuner/decode.py), captured here, at
     load time, so the first reply does not pay for it; models or settings it does not handle fall back
-    to ``generate``. Default: off until bench/chat_speed.py has measured it on the GPU machine (set
-    TUNER_FAST_DECODE=1 to turn it on where there is a CUDA GPU)."""
+    to ``generate``. Default: on where there is a CUDA GPU (H100, 7B-shaped: 100 tokens/s against 7-14 through
+    ``generate``, bench/results/h100-chat-speed.txt); TUNER_FAST_DECODE=0 turns it off."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -137,7 +139,7 @@ def load_chat_model(kind: str = "base", model: str = "", adapter: str | Path | N
     chat = ChatModel(llm, tokenizer, saved or _template(template_name), template_name, info.get("system", ""),
                      described[kind])
     if fast_decode is None:
-        fast_decode = cuda and os.environ.get("TUNER_FAST_DECODE", "0") == "1"
+        fast_decode = cuda and os.environ.get("TUNER_FAST_DECODE", "1") != "0"
     if fast_decode:
         _prepare_fast_decode(chat, graphs=cuda)
     return chat
@@ -163,7 +165,7 @@ def _prepare_fast_decode(chat: ChatModel, graphs: bool) -> None:
         return
     started = time.perf_counter()
     try:
-        decoder = StaticDecoder(chat.model, graphs=graphs)
+        decoder = StaticDecoder(chat.model, graphs=graphs, compile=os.environ.get("TUNER_DECODE_COMPILE") == "1")
         decoder.warm_up(512)
     except DecodeUnsupported as error:
         chat.decoding = f"generate ({error})"
@@ -269,30 +271,53 @@ def _count_reply(chat: ChatModel, change: int) -> None:
 
 
 def _pieces(chat: ChatModel, ids: list[int], settings: GenerationSettings, usage: ReplyUsage) -> Iterator[str]:
-    """The reply so far, growing, from the best decoder for this model and moment: the static-cache decoder
-    (batch 1) for a reply alone, else the batch of concurrent replies, else ``generate`` (models or settings
-    the batching does not handle; one reply at a time).
+    """The reply so far, growing, from the best decoder for this model and moment.
 
-    With CUDA graphs the batch-1 decoder beats an eager batched step by far (H100, the embedded model: 283
-    tokens/s alone against 39 for four replies batched, 231 for twenty; mixing both, twenty 24-token replies
-    took 8.9 s against 3.5 s one after another), so replies stay on it one at a time, as before batching,
-    unless ``TUNER_BATCH_FROM`` is set: from that many replies under way on, new ones join the batch."""
-    if settings.fast_decode and chat.decoder is not None:
-        if getattr(chat.decoder, "graphs", False):
-            batch_from = int(os.environ.get("TUNER_BATCH_FROM", "0") or 0)
-            fast = batch_from <= 0 or chat.replies < batch_from
-        else:
-            fast = chat.replies <= 1 and not (chat.batcher and chat.batcher.busy)
-        if fast and _fast_decode_fits(chat, len(ids), settings):
-            return _fast_pieces(chat, ids, settings, usage)
+    A reply alone takes the static-cache decoder (tuner/decode.py: CUDA graphs on a GPU, with the next step
+    launched before a token is read back). Replies that come while others are being written are decoded together:
+    on CUDA in the slot batcher (tuner/slot_batching.py: a step of all of them is one CUDA-graph replay), on CPU in
+    the eager batch (tuner/batching.py). On CUDA both run at once, step by step under the model's lock: the first
+    reply keeps its decoder (H100, 7B-shaped: 121 tokens/s there against 89 as a batch of one). Models or settings
+    none of them handles use ``generate``, one reply at a time."""
+    graphs = settings.fast_decode and chat.decoder is not None and getattr(chat.decoder, "graphs", False)
+    if graphs:
+        batcher = _batcher(chat, settings, slots=True)
+        if _take_decoder(chat, alone=batcher is None or not batcher.busy):
+            if _fast_decode_fits(chat, len(ids), settings):
+                return _fast_pieces(chat, ids, settings, usage)
+            _give_back_decoder(chat)
+        if batcher is not None and batcher.fits(len(ids) + settings.max_new_tokens + 1):
+            return _batched_pieces(chat, batcher, ids, settings, usage)
+    elif settings.fast_decode and chat.decoder is not None:
+        if _take_decoder(chat, alone=chat.replies <= 1 and not (chat.batcher and chat.batcher.busy)):
+            if _fast_decode_fits(chat, len(ids), settings):
+                return _fast_pieces(chat, ids, settings, usage)
+            _give_back_decoder(chat)
     batcher = _batcher(chat, settings)
     if batcher is not None:
         return _batched_pieces(chat, batcher, ids, settings, usage)
     return _generate_pieces(chat, ids, settings, usage)
 
 
-def _batcher(chat: ChatModel, settings: GenerationSettings):
-    """The model's batcher (made on first use), or None where batching is off or cannot serve these settings."""
+def _take_decoder(chat: ChatModel, alone: bool) -> bool:
+    """Reserve the batch-1 decoder for one reply (``alone``: no other reply is being batched). One reply at a time
+    holds it, and only a reserved reply calls into it: a second one waiting on its lock while holding the model's
+    lock would block the first, which takes the model's lock for each token."""
+    with _REPLIES:
+        if not alone or chat.decoder_in_use:
+            return False
+        chat.decoder_in_use = True
+        return True
+
+
+def _give_back_decoder(chat: ChatModel) -> None:
+    with _REPLIES:
+        chat.decoder_in_use = False
+
+
+def _batcher(chat: ChatModel, settings: GenerationSettings, slots: bool = False):
+    """The model's batcher (made on first use): with ``slots``, the CUDA-graph slot batcher (None where it cannot
+    serve this model); else the eager one. None where batching is off or cannot serve these settings."""
     if os.environ.get("TUNER_BATCHING", "1") == "0":  # one reply at a time, as before (benchmarks compare)
         return None
     try:
@@ -303,9 +328,32 @@ def _batcher(chat: ChatModel, settings: GenerationSettings):
     if not generation_config_supported(chat.model, _generation_kwargs(chat, settings)):
         return None
     with _REPLIES:
+        if slots:
+            if chat.slot_batcher is None:
+                chat.slot_batcher = _make_slot_batcher(chat)
+            return chat.slot_batcher or None
         if chat.batcher is None:
             chat.batcher = Batcher(chat.model, chat.lock) if supports_batching(chat.model) else False
     return chat.batcher or None
+
+
+def _make_slot_batcher(chat: ChatModel):
+    """A SlotBatcher for ``chat``'s model, or False (not this model; TUNER_SLOT_BATCHING=0)."""
+    if os.environ.get("TUNER_SLOT_BATCHING", "1") == "0":
+        return False
+    try:
+        from tuner.slot_batching import SlotBatcher, supports_slots
+    except ImportError:  # a bundle made without it
+        return False
+    if not supports_slots(chat.model):
+        return False
+    try:
+        return SlotBatcher(chat.model, chat.lock, graphs=True)
+    except Exception as error:  # noqa: BLE001 - the chat goes on with the batch-1 decoder
+        import logging
+
+        logging.getLogger(__name__).warning("slot batching unavailable: %s", error)
+        return False
 
 
 def _sampling(settings: GenerationSettings):
@@ -416,20 +464,26 @@ def _fast_pieces(chat: ChatModel, prompt_ids: list[int], settings: GenerationSet
 
     def produce() -> None:
         try:
-            with chat.lock:
-                for token in chat.decoder.decode(prompt_ids, _sampling(settings), stop_ids, cancelled):
-                    tokens.put(token)
+            decoding = chat.decoder.decode(prompt_ids, _sampling(settings), stop_ids, cancelled)
+            while True:  # the model's lock token by token: a batch of other replies steps in between
+                with chat.lock:
+                    token = next(decoding, _END)
+                if token is _END:
+                    break
+                tokens.put(token)
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
             tokens.put(error)
         tokens.put(_END)
 
     thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
     try:
+        thread.start()
         yield from _detokenized(chat, tokens, _END, set(stop_ids), usage)
     finally:
         cancelled.set()
-        thread.join()
+        if thread.ident is not None:
+            thread.join()
+        _give_back_decoder(chat)
 
 
 def _detokenized(chat: ChatModel, tokens: queue.Queue, end: object, stop_ids: set[int],

@@ -169,7 +169,7 @@ class ChatModelCache:
     def _idle(self) -> list[tuple]:
         """Loaded models writing no reply, least recently used first."""
         return [key for key, chat in self._models.items()
-                if not chat.replies and not (chat.batcher and chat.batcher.busy)]
+                if not chat.replies and not any(b and b.busy for b in (chat.batcher, chat.slot_batcher))]
 
     def _evict_one(self, spare: tuple) -> bool:
         """Drop the least recently used idle model (not ``spare``); False when there is none."""
@@ -178,8 +178,9 @@ class ChatModelCache:
                 continue
             chat = self._models.pop(key)
             self._bytes.pop(key, None)
-            if chat.batcher:
-                chat.batcher.close()
+            for batcher in (chat.batcher, chat.slot_batcher):
+                if batcher:
+                    batcher.close()
             self.evicted.append(key)
             del chat
             gc.collect()
