@@ -177,6 +177,14 @@ def _prepare_fast_decode(chat: ChatModel, graphs: bool) -> None:
     chat.decoder = decoder
     how = "CUDA graphs" if decoder.graphs else "static cache"
     chat.decoding = f"{how} (ready in {time.perf_counter() - started:.1f} s)"
+    if decoder.graphs and os.environ.get("TUNER_BATCHING", "1") != "0":
+        chat.slot_batcher = _make_slot_batcher(chat)
+        if chat.slot_batcher:  # visitors arriving together must not wait for captures
+            try:
+                chat.decoding += f"; {chat.slot_batcher.warm_up()}"
+            except Exception as error:  # noqa: BLE001 - the chat goes on; concurrent replies use the eager batch
+                logging.getLogger(__name__).warning("slot batching unavailable: %s", error)
+                chat.slot_batcher = False
 
 
 def _stop_ids(chat: ChatModel) -> list[int]:
@@ -204,6 +212,7 @@ class ReplyUsage:
 
 _END = object()
 _REPLIES = threading.Lock()
+_DECODER_FREE = threading.Condition(_REPLIES)  # a batch-1 decoder was given back
 
 
 def prompt_token_ids(chat: ChatModel, message: str, history: list[tuple[str, str]] | None = None,
@@ -273,21 +282,21 @@ def _count_reply(chat: ChatModel, change: int) -> None:
 def _pieces(chat: ChatModel, ids: list[int], settings: GenerationSettings, usage: ReplyUsage) -> Iterator[str]:
     """The reply so far, growing, from the best decoder for this model and moment.
 
-    A reply alone takes the static-cache decoder (tuner/decode.py: CUDA graphs on a GPU, with the next step
-    launched before a token is read back). Replies that come while others are being written are decoded together:
-    on CUDA in the slot batcher (tuner/slot_batching.py: a step of all of them is one CUDA-graph replay), on CPU in
-    the eager batch (tuner/batching.py). On CUDA both run at once, step by step under the model's lock: the first
-    reply keeps its decoder (H100, 7B-shaped: 121 tokens/s there against 89 as a batch of one). Models or settings
-    none of them handles use ``generate``, one reply at a time."""
+    On CUDA every reply goes to the slot batcher (tuner/slot_batching.py): a step of all the replies under way is
+    one CUDA-graph replay, and a reply alone there is about as fast as on the batch-1 decoder (H100, 7B-shaped:
+    97.7 against 101.2 tokens/s). Sharing the model's lock token by token between the two starved one of them.
+    On CPU a reply alone takes the static-cache decoder (when the model was loaded with one) and replies that come
+    while others are written go to the eager batch (tuner/batching.py). Models or settings none of them handles
+    use ``generate``, one reply at a time."""
     graphs = settings.fast_decode and chat.decoder is not None and getattr(chat.decoder, "graphs", False)
     if graphs:
         batcher = _batcher(chat, settings, slots=True)
-        if _take_decoder(chat, alone=batcher is None or not batcher.busy):
+        if batcher is not None and batcher.fits(len(ids) + settings.max_new_tokens + 1):
+            return _batched_pieces(chat, batcher, ids, settings, usage)
+        if _take_decoder(chat, alone=True, wait=True):  # no slot batcher: one reply at a time, as before
             if _fast_decode_fits(chat, len(ids), settings):
                 return _fast_pieces(chat, ids, settings, usage)
             _give_back_decoder(chat)
-        if batcher is not None and batcher.fits(len(ids) + settings.max_new_tokens + 1):
-            return _batched_pieces(chat, batcher, ids, settings, usage)
     elif settings.fast_decode and chat.decoder is not None:
         if _take_decoder(chat, alone=chat.replies <= 1 and not (chat.batcher and chat.batcher.busy)):
             if _fast_decode_fits(chat, len(ids), settings):
@@ -299,20 +308,24 @@ def _pieces(chat: ChatModel, ids: list[int], settings: GenerationSettings, usage
     return _generate_pieces(chat, ids, settings, usage)
 
 
-def _take_decoder(chat: ChatModel, alone: bool) -> bool:
-    """Reserve the batch-1 decoder for one reply (``alone``: no other reply is being batched). One reply at a time
-    holds it, and only a reserved reply calls into it: a second one waiting on its lock while holding the model's
-    lock would block the first, which takes the model's lock for each token."""
-    with _REPLIES:
-        if not alone or chat.decoder_in_use:
+def _take_decoder(chat: ChatModel, alone: bool, wait: bool = False) -> bool:
+    """Reserve the batch-1 decoder for one reply (``alone``: no other reply is being batched; ``wait``: until the
+    reply on it has finished, where there is no batch to go to). One reply at a time holds it, and only a reserved
+    reply calls into it: a second one waiting on its lock while holding the model's lock would block the first,
+    which takes the model's lock for each token."""
+    with _DECODER_FREE:
+        if wait:
+            _DECODER_FREE.wait_for(lambda: not chat.decoder_in_use)
+        elif not alone or chat.decoder_in_use:
             return False
         chat.decoder_in_use = True
         return True
 
 
 def _give_back_decoder(chat: ChatModel) -> None:
-    with _REPLIES:
+    with _DECODER_FREE:
         chat.decoder_in_use = False
+        _DECODER_FREE.notify_all()
 
 
 def _batcher(chat: ChatModel, settings: GenerationSettings, slots: bool = False):

@@ -22,7 +22,7 @@ import logging
 import time
 
 from tuner.batching import Batcher, Request, _Row
-from tuner.decode import MIN_BUCKET, DecodeUnsupported, _view_cache
+from tuner.decode import MIN_BUCKET, DecodeUnsupported, Sampling
 
 log = logging.getLogger(__name__)
 MIN_SLOTS = 1
@@ -75,6 +75,39 @@ def _slot_cache(static_cache_class, keys: list, values: list, positions, length:
     return _SLOT_CACHE(keys, values, positions, length, dtype)
 
 
+_PREFILL_CACHE = None
+
+
+def _prefill_cache(static_cache_class, keys: list, values: list, slots, targets, width: int, dtype):
+    """A StaticCache for prefilling left-padded prompts: each layer's keys and values are written into their rows'
+    slots (column ``c`` of row ``j`` at position ``targets[j, c]``) and the prompt attends to its own keys only."""
+    global _PREFILL_CACHE
+    if _PREFILL_CACHE is None or not issubclass(_PREFILL_CACHE, static_cache_class):
+
+        class PrefillCache(static_cache_class):
+            def __init__(self, keys, values, slots, targets, width, dtype):
+                super(static_cache_class, self).__init__()
+                self.max_cache_len = width
+                self.max_batch_size = targets.shape[0]
+                self.dtype = dtype
+                self.key_cache = keys
+                self.value_cache = values
+                self._slots = slots.view(-1, 1)
+                self._targets = targets
+
+            def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+                for buffer, states in ((self.key_cache[layer_idx], key_states),
+                                       (self.value_cache[layer_idx], value_states)):
+                    buffer[self._slots, :, self._targets] = states.transpose(1, 2).to(buffer.dtype)
+                return key_states, value_states
+
+            def get_seq_length(self, layer_idx=0):
+                return 0
+
+        _PREFILL_CACHE = PrefillCache
+    return _PREFILL_CACHE(keys, values, slots, targets, width, dtype)
+
+
 class SlotBatcher(Batcher):
     """Decodes the concurrent requests for one model together, each in its own slot of a static cache.
 
@@ -107,6 +140,8 @@ class SlotBatcher(Batcher):
         self._pool = None
         self._ids = self._positions = None
         self.capture_seconds = 0.0
+        self.prefills = 0  # prefill forwards, and the prompts they carried
+        self.prefilled = 0
 
     # ------------------------------------------------------------------------------------- public
     def fits(self, tokens: int) -> bool:
@@ -177,7 +212,10 @@ class SlotBatcher(Batcher):
         return joining
 
     def _admit(self, joining: list[Request]) -> None:
-        """Prefill each new request into a free slot (growing the buffers when it needs), choose its first token."""
+        """Give each new request a free slot (growing the buffers when it needs), prefill them together (left
+        padded, up to ``prefill_tokens`` padded tokens a forward), choose their first tokens."""
+        admitted: list[tuple[Request, int]] = []
+        used = {row.slot for row in self._rows}
         for position, request in enumerate(joining):
             if request.cancelled.is_set():
                 self._finish(request, "cancelled")
@@ -190,35 +228,87 @@ class SlotBatcher(Batcher):
                 request.tokens.put(DecodeUnsupported(f"{needed} tokens is over this model's {self.limit}"))
                 self._finish(request, "error")
                 continue
-            used = {row.slot for row in self._rows}
             slot = next(index for index in range(self.max_batch) if index not in used)
             if not self._grow(slot + 1, needed):
-                if self._rows:  # wait until replies leave and free memory
+                if self._rows or admitted:  # wait until replies leave and free memory
                     with self._cond:
                         self._waiting.extendleft(reversed(joining[position:]))
-                    return
+                    break
                 request.tokens.put(MemoryError("not enough memory for this reply's key-value cache"))
                 self._finish(request, "error")
                 continue
-            self._prefill(request, slot)
+            used.add(slot)
+            admitted.append((request, slot))
+        group: list[tuple[Request, int]] = []
+        for request, slot in sorted(admitted, key=lambda item: len(item[0].prompt_ids)):
+            width = max(len(request.prompt_ids), *(len(r.prompt_ids) for r, _ in group)) if group else 0
+            if group and width * (len(group) + 1) > self.prefill_tokens:
+                self._prefill(group)
+                group = []
+            group.append((request, slot))
+        if group:
+            self._prefill(group)
 
-    def _prefill(self, request: Request, slot: int) -> None:
+    def _prefill(self, group: list[tuple[Request, int]]) -> None:
+        """One forward for the prompts of ``group`` (left padded), written into their slots at positions 0..n-1."""
         import torch
 
-        n = len(request.prompt_ids)
-        length = min(_power_of_two(n, MIN_BUCKET), self.length)
-        cache = _view_cache(self._static_cache, [k[slot:slot + 1, :, :length] for k in self._keys],
-                            [v[slot:slot + 1, :, :length] for v in self._values], length, self.dtype)
-        ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
-        positions = torch.arange(n, dtype=torch.long, device=self.device)
+        width = max(len(request.prompt_ids) for request, _ in group)
+        ids = torch.zeros((len(group), width), dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for index, (request, _) in enumerate(group):
+            ids[index, width - len(request.prompt_ids):] = torch.tensor(request.prompt_ids, dtype=torch.long)
+            mask[index, width - len(request.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = mask.cumsum(-1) - 1
+        # a padding column goes to the slot's last position: no reply reads it before writing it there
+        targets = torch.where(positions >= 0, positions, self.length - 1)
+        slots = torch.tensor([slot for _, slot in group], dtype=torch.long, device=self.device)
+        cache = _prefill_cache(self._static_cache, self._keys, self._values, slots, targets, width, self.dtype)
         kwargs = {self._keep: 1} if self._keep else {}
-        out = self.model(input_ids=ids, position_ids=positions.view(1, -1), cache_position=positions,
-                         past_key_values=cache, use_cache=True, return_dict=True, **kwargs)
-        row = self._new_row(request)
-        row.slot = slot
-        finished = self._choose_and_emit([row], out.logits[:, -1, :].float())
-        self._rows.append(row)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions.clamp_min(0),
+                         cache_position=torch.arange(width, device=self.device), past_key_values=cache,
+                         use_cache=True, return_dict=True, **kwargs)
+        self.prefills += 1
+        self.prefilled += len(group)
+        rows = []
+        for request, slot in group:
+            row = self._new_row(request)
+            row.slot = slot
+            rows.append(row)
+        finished = self._choose_and_emit(rows, out.logits[:, -1, :].float())
+        self._rows.extend(rows)
         self._leave(finished, None)
+
+    def warm_up(self, length: int = MIN_BUCKET) -> str:
+        """Capture (and check) the step for every batch size up to ``max_batch`` (as far as memory allows) at
+        ``length`` positions, and run the prefill path once, now: visitors arriving together then wait for no
+        capture and no lazy set-up. Returns what was done."""
+        import torch
+
+        started = time.perf_counter()
+        slots = self.max_batch
+        while slots > 1 and not self._grow(slots, length):
+            slots //= 2
+        size = 1
+        with self.lock, torch.inference_mode():
+            self._positions.zero_()
+            self._ids.zero_()
+            while self.graphs and size <= min(slots, self.slots):
+                self._run_step((size, min(_power_of_two(length, MIN_BUCKET), self.length)))
+                size *= 2
+            # the prefill path's first forwards pay for lazy set-up (H100, 7B-shaped: 1.2 s and 0.9 s of first
+            # token for the first two replies otherwise)
+            vocab = int(getattr(self.model.config, "vocab_size", 2) or 2)
+            for width in (16, 48):
+                dummy = Request([(7 * i + 3) % vocab for i in range(width)], Sampling(max_new_tokens=1))
+                with self._cond:
+                    self._unfinished += 1  # as submit counts it: finishing it counts it down
+                self._prefill([(dummy, 0)])
+        seconds = time.perf_counter() - started
+        if not self.graphs:
+            return f"batched steps run eagerly (ready in {seconds:.1f} s)"
+        return f"batches up to {size // 2} in CUDA graphs (ready in {seconds:.1f} s)"
 
     # ------------------------------------------------------------------------------------- steps
     def _shape(self) -> tuple[int, int]:

@@ -39,7 +39,9 @@ def test_slot_batched_greedy_equals_alone_and_generate_while_rows_join_leave_and
     alone = [tokens(batcher.submit(p, Sampling(max_new_tokens=n), stops)) for p, n in zip(prompts, lengths)]
     assert batcher.slots == 1 and batcher.length == 256  # one reply at a time: one slot of 256 positions
 
-    first = [batcher.submit(p, Sampling(max_new_tokens=n), stops) for p, n in zip(prompts[:5], lengths[:5])]
+    prefills = batcher.prefills
+    with chat.lock:  # the scheduler waits for the lock: the five are prefilled together (left padded)
+        first = [batcher.submit(p, Sampling(max_new_tokens=n), stops) for p, n in zip(prompts[:5], lengths[:5])]
     sampled = batcher.submit(prompts[0], Sampling(max_new_tokens=10, temperature=1.2, top_p=0.9,
                                                   repetition_penalty=1.3), stops)
     while not first[0].tokens.qsize():  # the batch is decoding: the next ones join it mid-way
@@ -55,6 +57,7 @@ def test_slot_batched_greedy_equals_alone_and_generate_while_rows_join_leave_and
     long_tokens = tokens(long)
     assert batcher.length >= 512
     assert batcher.rows_stepped / batcher.steps > 1.5, "replies were not decoded together"
+    assert batcher.prefills - prefills < 8, "the prompts that came together were prefilled one by one"
 
     with torch.inference_mode():
         for prompt, expected, count in [(prompts[1], alone[1], lengths[1]), (long_prompt, long_tokens, 8)]:
@@ -67,6 +70,8 @@ def test_slot_batched_greedy_equals_alone_and_generate_while_rows_join_leave_and
 
 def test_a_reply_that_leaves_frees_its_slot_and_one_that_cannot_fit_is_told(chat):
     batcher = SlotBatcher(chat.model, chat.lock, graphs=False, max_batch=4)
+    assert "eagerly" in batcher.warm_up()  # its dummy prefills leave nothing behind
+    assert batcher.busy == 0 and batcher._rows == [] and batcher.slots == 4 and batcher.prefills == 2
     prompt = prompt_token_ids(chat, *conversation(0))
     request = batcher.submit(prompt, Sampling(max_new_tokens=300))
     request.tokens.get(timeout=60)
