@@ -70,10 +70,26 @@ from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.
         # merged bf16 and merged 4-bit
         timeout 150 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; \
 from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.gpu/tokenizer'))" || exit 1
-        TUNER_BATCHING=0 TUNER_DECODE_COMPILE=1 timeout 330 python3 bench/chat_speed.py \
-            --kinds merged,merged-4bit --json "$OUT/compile.json" > "$OUT/compile.log" 2>&1
+        TUNER_BATCHING=0 TUNER_DECODE_COMPILE=1 TUNER_DECODE_TOLERANCE=${TOLERANCE:-0.02} timeout ${LIMIT:-330} \
+            python3 bench/chat_speed.py --kinds ${KINDS:-merged,merged-4bit} --json "$OUT/compile.json" \
+            > "$OUT/compile.log" 2>&1
         echo "chat_speed (compile) rc=$?"
         grep -v -i "warn" "$OUT/compile.log" | tail -14
+        ;;
+    load)
+        # the slot batcher after a change: first tokens of lone replies, the load rows, the batch-1 chat rows
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$S" \
+            .gpu/wheels-api/*.whl || exit 1
+        timeout 150 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; \
+from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.gpu/tokenizer'))" || exit 1
+        timeout 60 python3 bench/slot_first_token.py --model /tmp/llama-7b-shape 2>&1 | grep -v -i warn | tail -8
+        timeout 150 python3 bench/load.py --start --model /tmp/llama-7b-shape --time-limit 60 --out "$OUT/load.txt" \
+            --sessions ${SESSIONS:-1 4 20} --server-log "$OUT/serve.log" > "$OUT/load.log" 2>&1
+        echo "load rc=$?"
+        tail -7 "$OUT/load.txt"
+        timeout 150 python3 bench/chat_speed.py --kinds merged --json "$OUT/chat.json" > "$OUT/chat.log" 2>&1
+        echo "chat_speed rc=$?"
+        grep -v -i "warn" "$OUT/chat.log" | tail -6
         ;;
     final)
         # one call: the load rows (slot batcher, every reply) and the memory levers of the app's path
@@ -94,7 +110,7 @@ from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.
         grep -E "^row done|^path|^app|failed|Error" "$OUT/memory.log" | tail -20
         ;;
     *)
-        echo "usage: bash bench/gpu_levers.sh chat|levers|app|serve|compile|final" >&2
+        echo "usage: bash bench/gpu_levers.sh chat|levers|app|serve|compile|load|final" >&2
         exit 2
         ;;
 esac

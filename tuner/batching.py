@@ -18,6 +18,7 @@ import atexit
 import inspect
 import queue
 import threading
+import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class Request:
         self.tokens: queue.Queue = queue.Queue()
         self.cancelled = threading.Event()
         self.finish_reason: str | None = None  # stop | length | cancelled | error
+        self.arrived = time.monotonic()
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -54,6 +56,7 @@ class _Row:
     seen: object = None  # (1, prompt + max_new) ids for the repetition penalty, when it is on
     stop_tensor: object = None
     slot: int = 0  # its row of the static cache (tuner/slot_batching.py)
+    launched: int = 0  # tokens chosen on the device, read back or not (tuner/slot_batching.py)
 
 
 def supports_batching(model) -> bool:

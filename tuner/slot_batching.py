@@ -22,10 +22,11 @@ import logging
 import time
 
 from tuner.batching import Batcher, Request, _Row
-from tuner.decode import MIN_BUCKET, DecodeUnsupported, Sampling
+from tuner.decode import MIN_BUCKET, DecodeUnsupported, Sampling, choose_next, graph_tolerance
 
 log = logging.getLogger(__name__)
 MIN_SLOTS = 1
+PREFILL_STEP = 64  # prompts are left padded to a multiple of this in a prefill
 
 
 def _power_of_two(value: int, least: int) -> int:
@@ -115,7 +116,7 @@ class SlotBatcher(Batcher):
     the CPU tests check). ``memory_fraction``: the share of the free device memory the cache may grow into."""
 
     def __init__(self, model, lock=None, graphs: bool = True, max_batch: int = 32, max_context: int = 8192,
-                 memory_fraction: float = 0.5, idle_seconds: float = 10.0):
+                 memory_fraction: float = 0.5, idle_seconds: float = 10.0, join_wait: float = 0.03):
         import torch
         from transformers.cache_utils import StaticCache
 
@@ -140,6 +141,9 @@ class SlotBatcher(Batcher):
         self._pool = None
         self._ids = self._positions = None
         self.capture_seconds = 0.0
+        self.join_wait = join_wait
+        self.join_group = 4
+        self._inflight = None  # (rows, tokens, event) of the step launched last, not read back yet
         self.prefills = 0  # prefill forwards, and the prompts they carried
         self.prefilled = 0
 
@@ -180,6 +184,8 @@ class SlotBatcher(Batcher):
             return True
         if slots * self.slot_bytes(length) > self._allowed_bytes():
             return False
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # a launched step may still be replaying a graph dropped here
         shape = (slots, self.heads, length, self.head_dim)
         old = (self._keys, self._values)
         self._graphs.clear()  # they point into the old buffers
@@ -205,6 +211,12 @@ class SlotBatcher(Batcher):
 
     # ------------------------------------------------------------------------------------- joining
     def _take_joiners(self) -> list[Request]:
+        """The requests to prefill now. While a batch is decoding, a few newcomers wait up to ``join_wait`` seconds
+        for others: a prefill is one eager forward (about 80 ms for a 7B model on the H100 machine, whatever the
+        number of prompts), during which the batch makes no step."""
+        if (self._rows and self._waiting and len(self._waiting) < self.join_group
+                and time.monotonic() - self._waiting[0].arrived < self.join_wait):
+            return []
         room = self.max_batch - len(self._rows)
         joining = []
         while self._waiting and len(joining) < room:
@@ -253,7 +265,10 @@ class SlotBatcher(Batcher):
         """One forward for the prompts of ``group`` (left padded), written into their slots at positions 0..n-1."""
         import torch
 
-        width = max(len(request.prompt_ids) for request, _ in group)
+        # widths in steps of PREFILL_STEP: on the H100 machine the first prefill of a new width cost up to 1.8 s
+        # (13 and 30 tokens; per-shape set-up in the kernels' libraries), the next ones 0.05 s
+        longest = max(len(request.prompt_ids) for request, _ in group)
+        width = min(-(-longest // PREFILL_STEP) * PREFILL_STEP, self.length - 1)
         ids = torch.zeros((len(group), width), dtype=torch.long)
         mask = torch.zeros((len(group), width), dtype=torch.long)
         for index, (request, _) in enumerate(group):
@@ -276,9 +291,11 @@ class SlotBatcher(Batcher):
             row = self._new_row(request)
             row.slot = slot
             rows.append(row)
-        finished = self._choose_and_emit(rows, out.logits[:, -1, :].float())
+        chosen = self._choose(rows, out.logits[:, -1, :].float())
+        self._ids.view(-1).index_copy_(0, slots, chosen)
+        self._positions.index_copy_(0, slots, mask.sum(-1))
         self._rows.extend(rows)
-        self._leave(finished, None)
+        self._read(rows, *self._to_host(chosen))
 
     def warm_up(self, length: int = MIN_BUCKET) -> str:
         """Capture (and check) the step for every batch size up to ``max_batch`` (as far as memory allows) at
@@ -297,10 +314,10 @@ class SlotBatcher(Batcher):
             while self.graphs and size <= min(slots, self.slots):
                 self._run_step((size, min(_power_of_two(length, MIN_BUCKET), self.length)))
                 size *= 2
-            # the prefill path's first forwards pay for lazy set-up (H100, 7B-shaped: 1.2 s and 0.9 s of first
-            # token for the first two replies otherwise)
+            # the prefill path's first forward of each width pays for set-up (H100, 7B-shaped: 1.2-1.8 s of first
+            # token otherwise): the widths of most chat turns
             vocab = int(getattr(self.model.config, "vocab_size", 2) or 2)
-            for width in (16, 48):
+            for width in (PREFILL_STEP, 2 * PREFILL_STEP, 3 * PREFILL_STEP):
                 dummy = Request([(7 * i + 3) % vocab for i in range(width)], Sampling(max_new_tokens=1))
                 with self._cond:
                     self._unfinished += 1  # as submit counts it: finishing it counts it down
@@ -319,7 +336,8 @@ class SlotBatcher(Batcher):
     def _forward_step(self, slots: int, length: int):
         import torch
 
-        positions = self._positions[:slots]
+        # a free slot's position is stale or 0: clamped, it writes inside its own row and nobody reads it
+        positions = self._positions[:slots].clamp(max=length - 1)
         allowed = self._arange[:length].view(1, 1, 1, length) <= positions.view(slots, 1, 1, 1)
         mask = torch.full(allowed.shape, torch.finfo(self.dtype).min, dtype=self.dtype,
                           device=self.device).masked_fill(allowed, 0.0)
@@ -365,7 +383,7 @@ class SlotBatcher(Batcher):
             graph.replay()
             scale = eager.abs().max().clamp_min(1e-6)
             error = float((logits - eager).abs().max() / scale)
-            if not error <= 2e-2:
+            if not error <= graph_tolerance():
                 raise DecodeUnsupported(f"the CUDA graph's logits differ from the model's (relative error {error:.3g})")
             self._checked.add(shape)
             return logits
@@ -377,30 +395,91 @@ class SlotBatcher(Batcher):
             return self._forward_step(*shape)
 
     def _step(self) -> None:
-        """One token for every row."""
+        """Launch the next step of every row that still needs a token, then read back the step launched before:
+        the GPU computes one step while the host hands out the tokens of the previous one. A row that finished in
+        that read was part of the new step too; its token there is dropped."""
+        launch = [row for row in self._rows if row.launched < row.request.sampling.max_new_tokens]
+        following = self._launch(launch) if launch else None
+        if self._inflight is not None:
+            self._read(*self._inflight)
+        self._inflight = following
+
+    def _launch(self, rows: list[_Row]):
+        """Run one step on the device-side inputs and choose each row's next token there (no host sync), written
+        back as the next step's input; returns what ``_read`` needs."""
         import torch
 
-        slots, length = self._shape()
-        ids = [0] * slots
-        positions = [0] * slots  # a free slot attends to its position 0 and writes there: it is not read
-        for row in self._rows:
-            ids[row.slot], positions[row.slot] = row.last, row.length
-        self._ids[:slots].copy_(torch.tensor(ids, dtype=torch.long).view(slots, 1), non_blocking=True)
-        self._positions[:slots].copy_(torch.tensor(positions, dtype=torch.long), non_blocking=True)
-        logits = self._run_step((slots, length))
+        logits = self._run_step(self._shape())
         self.steps += 1
-        self.rows_stepped += len(self._rows)
-        for row in self._rows:
+        self.rows_stepped += len(rows)
+        index = torch.tensor([row.slot for row in rows], dtype=torch.long).to(self.device, non_blocking=True)
+        chosen = self._choose(rows, logits.index_select(0, index))
+        self._ids.view(-1).index_copy_(0, index, chosen)
+        self._positions.index_add_(0, index, torch.ones_like(index))
+        for row in rows:
             row.length += 1
-        index = torch.tensor([row.slot for row in self._rows], dtype=torch.long, device=self.device)
-        self._leave(self._choose_and_emit(self._rows, logits.index_select(0, index)), None)
+        return rows, *self._to_host(chosen)
+
+    def _to_host(self, chosen):
+        import torch
+
+        if self.device.type != "cuda":
+            return chosen, None
+        host = torch.empty(chosen.shape, dtype=chosen.dtype, pin_memory=True)
+        host.copy_(chosen, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
+    def _choose(self, rows: list[_Row], logits):
+        """Each row's next token with its own settings, on the device (``choose_next``: generate's order)."""
+        import torch
+
+        chosen = torch.argmax(logits, dim=-1)
+        for index, row in enumerate(rows):
+            sampling, step = row.request.sampling, row.launched
+            count = len(row.request.prompt_ids) + step
+            plain = sampling.temperature <= 0 and sampling.repetition_penalty == 1.0 and (
+                row.stop_tensor is None or step >= sampling.min_new_tokens)
+            if not plain:
+                chosen[index] = choose_next(logits[index:index + 1], row.seen, count, step, sampling,
+                                            row.stop_tensor)[0, 0]
+            if row.seen is not None:
+                row.seen[0, count] = chosen[index]
+            row.launched += 1
+        return chosen
+
+    def _read(self, rows: list[_Row], host, event) -> None:
+        """Hand each row its token of a launched step; rows that finished or left since get nothing."""
+        if event is not None:
+            event.synchronize()
+        done = []
+        for row, token in zip(rows, host.tolist()):
+            request = row.request
+            if request.finish_reason is not None:
+                continue
+            row.generated += 1
+            row.last = token
+            request.tokens.put(token)
+            if token in request.stop_ids:
+                self._finish(request, "stop")
+                done.append(row)
+            elif row.generated >= request.sampling.max_new_tokens:
+                self._finish(request, "length")
+                done.append(row)
+        self._leave(done, None)
 
     def _leave(self, rows: list[_Row], reason: str | None) -> None:
-        """Take ``rows`` out of the batch (``reason``: finish their requests with it); their slots are free."""
+        """Take ``rows`` out of the batch (``reason``: finish their requests with it); their slots are free, and
+        read position 0 from the next step on (a launched step has read the old position already)."""
+        import torch
+
         if not rows:
             return
         if reason is not None:
             for row in rows:
                 self._finish(row.request, reason)
+        free = torch.tensor([row.slot for row in rows], dtype=torch.long).to(self.device, non_blocking=True)
+        self._positions.index_fill_(0, free, 0)
         gone = {id(row) for row in rows}
         self._rows = [row for row in self._rows if id(row) not in gone]
