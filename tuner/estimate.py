@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner.spec import TrainSpec
+from tuner.spec import TrainSpec, resolve_optimizer
 
 GIB = 2**30
 H100_TOKENS_PER_S_7B = 4000.0  # bench/results/h100-train-speed.txt
@@ -98,7 +98,8 @@ def estimate_training(spec: TrainSpec, shape: ModelShape, tokens_per_epoch: int,
     if spec.offload_activations:
         activations = activations * 2 / shape.layers  # in host memory but the one in use and the next
     logits = tokens_per_step * shape.vocab * 4 * 2  # fp32 logits and their gradient
-    lora_bytes = 4 + 4 + (8 if spec.optimizer == "adamw" else 2)  # fp32 weight, gradient, two Adam states
+    # fp32 weight, gradient, two Adam states
+    lora_bytes = 4 + 4 + (8 if resolve_optimizer(spec, cuda_available=on_gpu) == "adamw" else 2)
     memory = shape.parameters * weight_bytes + lora_parameters * lora_bytes + activations + logits + 0.5 * GIB
     tokens = tokens_per_epoch * spec.max_epochs
     if on_gpu:

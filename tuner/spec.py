@@ -36,7 +36,10 @@ OPTIMIZER_CLASSES = {
     "adamw_8bit": ("bitsandbytes.optim", "AdamW8bit"),
     "paged_adamw_8bit": ("bitsandbytes.optim", "PagedAdamW8bit"),
 }
-OPTIMIZERS = tuple(OPTIMIZER_CLASSES)
+# auto: paged_adamw_8bit where it can run (a CUDA GPU, bitsandbytes, no DeepSpeed), else adamw. H100, 7B-shaped,
+# NF4 QLoRA r=64, packed 2048, kernels liger: peak 7.14 GiB against 8.33 with adamw, first five losses within
+# 0.01 % (bench/results/h100-memory.txt).
+OPTIMIZERS = ("auto",) + tuple(OPTIMIZER_CLASSES)
 
 
 @dataclass
@@ -72,14 +75,14 @@ class TrainSpec:
     seed: int = 42
     log_interval: int = 1
     # Fused Triton kernels in the training process (tuner/kernels.py). liger: Liger Kernel (needs a CUDA GPU);
-    # auto: Liger where there is a CUDA GPU and liger-kernel is installed; none: off. Off by default until
-    # bench/train_speed.py has shown on the GPU machine that it pays (not measured yet: see bench/gpu_levers.sh).
-    kernels: str = "none"
+    # auto: Liger where there is a CUDA GPU and liger-kernel is installed; none: off. auto by default: on the H100
+    # the step takes as long (0.58 s/iter either way) and peaks at 8.3 GiB instead of 9.2 (fused cross-entropy).
+    kernels: str = "auto"
     # Memory levers (issue 12). optimizer: adamw (torch's AdamW); adamw_8bit / paged_adamw_8bit: bitsandbytes'
     # AdamW with its two states in 8 bits (the QLoRA paper's lever: about 1 GB less for LoRA r=64 on a 7B; the
     # paged one also lets CUDA move the states to host memory under memory pressure). Same lr, betas and
-    # weight_decay. Needs a CUDA GPU; not combined with DeepSpeed (untested there).
-    optimizer: str = "adamw"
+    # weight_decay. Needs a CUDA GPU; not combined with DeepSpeed (untested there). auto: see OPTIMIZERS.
+    optimizer: str = "auto"
     # True: the inputs of the gradient-checkpointed layers wait in pinned host memory between the forward and
     # the backward pass (tuner/offload.py; about 1 GiB less for a 7B at 2048 tokens). Needs a CUDA GPU: on
     # another machine spec_problems refuses it (there the tensors are in host memory already).
@@ -165,7 +168,7 @@ def _memory_lever_problems(spec: TrainSpec, cuda_available: bool) -> list[str]:
     problems = []
     if spec.optimizer not in OPTIMIZERS:
         problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {spec.optimizer!r}.")
-    elif spec.optimizer != "adamw":
+    elif spec.optimizer not in ("adamw", "auto"):
         if not cuda_available:
             problems.append(f"optimizer {spec.optimizer!r} runs bitsandbytes' 8-bit optimizer, which needs a CUDA "
                             "GPU; this machine has none. Choose adamw.")
@@ -192,6 +195,18 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def resolve_optimizer(spec: TrainSpec, cuda_available: bool | None = None) -> str:
+    """The optimizer ``spec.optimizer`` means on this machine (``auto``: see OPTIMIZERS)."""
+    if spec.optimizer != "auto":
+        return spec.optimizer
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    usable = cuda_available and spec.deepspeed == "none" and importlib.util.find_spec("bitsandbytes") is not None
+    return "paged_adamw_8bit" if usable else "adamw"
 
 
 def resolve_precision(spec: TrainSpec, cuda_available: bool | None = None) -> str:
@@ -512,7 +527,7 @@ def render_config(spec: TrainSpec, config_name: str = "config.py", model_path: s
     values = spec.to_dict()
     values["model"] = model_path or spec.model
     values["precision"] = precision
-    module, optim_class = OPTIMIZER_CLASSES.get(spec.optimizer, OPTIMIZER_CLASSES["adamw"])
+    module, optim_class = OPTIMIZER_CLASSES.get(resolve_optimizer(spec), OPTIMIZER_CLASSES["adamw"])
     optimizer_import = "" if module == "torch.optim" else f"from {module} import {optim_class}\n"
     lines = [_CONFIG_HEADER.format(config_name=config_name, optimizer_import=optimizer_import), "",
              "#" * 71, "#                          PART 1  Settings                           #", "#" * 71]

@@ -90,7 +90,7 @@ def test_the_estimate_counts_the_levers():
     from tuner.estimate import ModelShape, estimate_training
 
     shape = ModelShape(parameters=7e9, layers=32, hidden=4096, vocab=32000)
-    base = spec_for_model("x", method="qlora")
+    base = spec_for_model("x", method="qlora").replace(optimizer="adamw")  # auto may resolve to 8-bit
     memory = {name: estimate_training(spec, shape, 100_000, on_gpu=True).memory_gib for name, spec in {
         "adamw": base, "8bit": base.replace(optimizer="adamw_8bit"),
         "offload": base.replace(offload_activations=True)}.items()}
@@ -239,3 +239,19 @@ def test_the_training_process_wraps_xtuners_loss_only_when_asked(monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
     install_training_hooks()
     assert sys.meta_path == hooks
+
+
+def test_auto_optimizer_is_paged_8bit_only_where_it_can_run():
+    from tuner.spec import resolve_optimizer
+
+    spec = spec_for_model("x", method="qlora")
+    assert spec.optimizer == "auto"
+    assert resolve_optimizer(spec, cuda_available=False) == "adamw"
+    assert resolve_optimizer(spec.replace(deepspeed="deepspeed_zero2"), cuda_available=True) == "adamw"
+    assert resolve_optimizer(spec, cuda_available=True) == "paged_adamw_8bit"  # bitsandbytes is a requirement
+    assert resolve_optimizer(spec.replace(optimizer="adamw"), cuda_available=True) == "adamw"
+    assert not [p for p in spec_problems(spec, cuda_available=False) if "optimizer" in p]
+    import re
+
+    line = re.search(r"^optim_type = (\w+)", render_config(spec), re.M)
+    assert line and line.group(1) == "AdamW"  # this machine has no GPU: torch's AdamW, no bitsandbytes import

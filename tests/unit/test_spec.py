@@ -32,7 +32,7 @@ def test_rendered_config_has_xtuners_five_parts_and_is_valid_python(tmp_path):
 def test_config_reads_back_to_the_same_spec(tmp_path, method):
     spec = _spec(tmp_path, method=method, lr=3e-4, lora_r=8, max_epochs=5, system="Be brief.",
                  evaluation_inputs=["你是谁", "Who are you?"], deepspeed="deepspeed_zero2", gpus=2, seed=7,
-                 precision="fp16", kernels="liger")
+                 precision="fp16", kernels="liger", optimizer="adamw")  # auto resolves per machine
     back = read_config(render_config(spec))
     assert back == spec.replace(template="qwen_chat")  # the guessed template is written out
 
