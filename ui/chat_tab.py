@@ -114,7 +114,9 @@ def respond(lang: str, message: str, after: list, before: list, compare: bool, k
         history.extend([{"role": "user", "content": message}, {"role": "assistant", "content": ""}])
     shown = {"base": model_label(target[1] or EMBEDDED_MODEL),
              "adapter": f"{job_id or 'adapter'} (adapter)", "merged": f"{job_id or model_label(target[1])} (merged)"}
-    status = info(t("chat.talking_to", lang, model=main.description if current_caller().owner else shown[kind]))
+    owner = current_caller().owner
+    status = info(t("chat.talking_to", lang, model=main.description if owner else shown[kind])
+                  + (" " + t("chat.decoding", lang, how=main.decoding) if owner else ""))
     running = list(streams)
     while running:  # the two models take turns, so both answers grow at once
         for item in list(running):
