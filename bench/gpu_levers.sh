@@ -15,6 +15,12 @@
 #          compile), same LoRA start and batches: s/iter, peak memory, GPU kernel time, loss difference
 #   app    the plain loop with and without liger, and the app's own path (xtuner train, a job) with
 #          kernels=none and kernels=liger: the before/after of the lever the spec switches
+#   serve  issue 13: 1/4/20 sessions against `python -m tuner serve` (slot batcher against TUNER_BATCHING=0)
+#   load   the same rows after a change, with bench/slot_first_token.py first (SESSIONS="1 1 4 20")
+#   compile the batch-1 step compiled by Inductor (TOLERANCE, KINDS, LIMIT)
+#   final  load rows, then the memory levers of the app's path (APP_ROWS: bench/train_speed.py --app entries)
+#   serve, load and final also need carry ".gpu/wheels-api": fastapi 0.165.0 with its dependencies, made with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 ... (the versions of .venv; see the README)
 # Logs and JSON land in $OUT (they come back with the call); the table is the end of the output.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +34,20 @@ export PYTHONPATH="$S" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used --format=csv,noheader
+api_wheels() {  # fastapi, uvicorn, httpx, ... for `python -m tuner serve` and bench/load.py
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$S" \
+        .gpu/wheels-api/*.whl
+}
+model_7b() {  # the 7B-shaped Llama with random weights, written once per machine
+    timeout 150 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; \
+from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.gpu/tokenizer'))"
+}
+load_rows() {  # 1/4/20 sessions against `python -m tuner serve` with the slot batcher
+    timeout 150 python3 bench/load.py --start --model /tmp/llama-7b-shape --time-limit 60 --out "$OUT/load.txt" \
+        --sessions ${SESSIONS:-1 4 20} --server-log "$OUT/serve.log" > "$OUT/load.log" 2>&1
+    echo "load rc=$?"
+    tail -7 "$OUT/load.txt"
+}
 case "$what" in
     chat)
         timeout 560 python3 bench/chat_speed.py --tokenizer .gpu/tokenizer --json "$OUT/chat.json" \
@@ -53,10 +73,7 @@ case "$what" in
         # batcher (CUDA-graph steps, the default) against TUNER_BATCHING=0 (the batch-1 decoder, one reply at a
         # time: the GPU path before); then the batch-1 chat rows (slot batch vs batch-1 decoder). Needs also
         # carry ".gpu/wheels-api" (fastapi, uvicorn, httpx, ...: bench/gpu_levers.sh's header).
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$S" \
-            .gpu/wheels-api/*.whl || exit 1
-        timeout 150 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; \
-from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.gpu/tokenizer'))" || exit 1
+        api_wheels && model_7b || exit 1
         timeout 330 python3 bench/load.py --start --compare-unbatched --model /tmp/llama-7b-shape \
             --time-limit 60 --out "$OUT/load.txt" --server-log "$OUT/serve.log" > "$OUT/load.log" 2>&1
         echo "load rc=$?"
@@ -68,8 +85,7 @@ from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.
     compile)
         # issue 12: the batch-1 decoder's step compiled by Inductor before capture (TUNER_DECODE_COMPILE=1),
         # merged bf16 and merged 4-bit
-        timeout 150 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; \
-from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.gpu/tokenizer'))" || exit 1
+        model_7b || exit 1
         TUNER_BATCHING=0 TUNER_DECODE_COMPILE=1 TUNER_DECODE_TOLERANCE=${TOLERANCE:-0.02} timeout ${LIMIT:-330} \
             python3 bench/chat_speed.py --kinds ${KINDS:-merged,merged-4bit} --json "$OUT/compile.json" \
             > "$OUT/compile.log" 2>&1
@@ -78,30 +94,18 @@ from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.
         ;;
     load)
         # the slot batcher after a change: first tokens of lone replies, the load rows, the batch-1 chat rows
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$S" \
-            .gpu/wheels-api/*.whl || exit 1
-        timeout 150 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; \
-from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.gpu/tokenizer'))" || exit 1
+        api_wheels && model_7b || exit 1
         timeout 60 python3 bench/slot_first_token.py --model /tmp/llama-7b-shape 2>&1 | grep -v -i warn | tail -8
-        timeout 150 python3 bench/load.py --start --model /tmp/llama-7b-shape --time-limit 60 --out "$OUT/load.txt" \
-            --sessions ${SESSIONS:-1 4 20} --server-log "$OUT/serve.log" > "$OUT/load.log" 2>&1
-        echo "load rc=$?"
-        tail -7 "$OUT/load.txt"
+        load_rows
         timeout 150 python3 bench/chat_speed.py --kinds merged --json "$OUT/chat.json" > "$OUT/chat.log" 2>&1
         echo "chat_speed rc=$?"
         grep -v -i "warn" "$OUT/chat.log" | tail -6
         ;;
     final)
         # one call: the load rows (slot batcher, every reply) and the memory levers of the app's path
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$S" \
-            .gpu/wheels-api/*.whl || exit 1
-        timeout 150 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; \
-from multigpu import make_model; make_model(Path('/tmp/llama-7b-shape'), Path('.gpu/tokenizer'))" || exit 1
+        api_wheels && model_7b || exit 1
         timeout 60 python3 bench/slot_first_token.py --model /tmp/llama-7b-shape 2>&1 | grep -v -i warn | tail -8
-        timeout 150 python3 bench/load.py --start --model /tmp/llama-7b-shape --time-limit 60 --out "$OUT/load.txt" \
-            --sessions ${SESSIONS:-1 4 20} --server-log "$OUT/serve.log" > "$OUT/load.log" 2>&1
-        echo "load rc=$?"
-        tail -7 "$OUT/load.txt"
+        load_rows
         timeout 280 python3 bench/train_speed.py --tokenizer .gpu/tokenizer --no-plain --records 600 \
             --app ${APP_ROWS:-liger,liger+paged8bit+offload,liger+8bit+offload,liger+8bit+offload+r16} \
             --json "$OUT/memory.json" > "$OUT/memory.log" 2>&1

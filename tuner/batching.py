@@ -272,22 +272,27 @@ class Batcher:
             if not plain:
                 chosen[index] = choose_next(logits[index:index + 1], row.seen, len(row.request.prompt_ids)
                                             + row.generated, row.generated, sampling, row.stop_tensor)[0, 0]
-        tokens = chosen.tolist()
         done = []
-        for row, token in zip(rows, tokens):
-            request = row.request
+        for row, token in zip(rows, chosen.tolist()):
             if row.seen is not None:
-                row.seen[0, len(request.prompt_ids) + row.generated] = token
-            row.generated += 1
-            row.last = token
-            request.tokens.put(token)
-            if token in request.stop_ids:
-                self._finish(request, "stop")
-                done.append(row)
-            elif row.generated >= request.sampling.max_new_tokens:
-                self._finish(request, "length")
+                row.seen[0, len(row.request.prompt_ids) + row.generated] = token
+            if self._hand_out(row, token):
                 done.append(row)
         return done
+
+    def _hand_out(self, row: _Row, token: int) -> bool:
+        """Give ``row``'s reader its next token; True when that ends the reply (a stop id, or max_new_tokens)."""
+        request = row.request
+        row.generated += 1
+        row.last = token
+        request.tokens.put(token)
+        if token in request.stop_ids:
+            self._finish(request, "stop")
+            return True
+        if row.generated >= request.sampling.max_new_tokens:
+            self._finish(request, "length")
+            return True
+        return False
 
     # ------------------------------------------------------------------------------------- batch shape
     def _merge(self, cache, mask, rows: list[_Row]) -> None:

@@ -453,20 +453,8 @@ class SlotBatcher(Batcher):
         """Hand each row its token of a launched step; rows that finished or left since get nothing."""
         if event is not None:
             event.synchronize()
-        done = []
-        for row, token in zip(rows, host.tolist()):
-            request = row.request
-            if request.finish_reason is not None:
-                continue
-            row.generated += 1
-            row.last = token
-            request.tokens.put(token)
-            if token in request.stop_ids:
-                self._finish(request, "stop")
-                done.append(row)
-            elif row.generated >= request.sampling.max_new_tokens:
-                self._finish(request, "length")
-                done.append(row)
+        done = [row for row, token in zip(rows, host.tolist())
+                if row.request.finish_reason is None and self._hand_out(row, token)]
         self._leave(done, None)
 
     def _leave(self, rows: list[_Row], reason: str | None) -> None:
