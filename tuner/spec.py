@@ -36,7 +36,7 @@ OPTIMIZER_CLASSES = {
     "adamw_8bit": ("bitsandbytes.optim", "AdamW8bit"),
     "paged_adamw_8bit": ("bitsandbytes.optim", "PagedAdamW8bit"),
 }
-# auto: paged_adamw_8bit where it can run (a CUDA GPU, bitsandbytes, no DeepSpeed), else adamw. H100, 7B-shaped,
+# auto: paged_adamw_8bit where it can run (one CUDA GPU, bitsandbytes, no DeepSpeed), else adamw. H100, 7B-shaped,
 # NF4 QLoRA r=64, packed 2048, kernels liger: peak 7.14 GiB against 8.33 with adamw, first five losses within
 # 0.01 % (bench/results/h100-memory.txt).
 OPTIMIZERS = ("auto",) + tuple(OPTIMIZER_CLASSES)
@@ -205,7 +205,9 @@ def resolve_optimizer(spec: TrainSpec, cuda_available: bool | None = None) -> st
         import torch
 
         cuda_available = torch.cuda.is_available()
-    usable = cuda_available and spec.deepspeed == "none" and importlib.util.find_spec("bitsandbytes") is not None
+    # one GPU: 8-bit states with several processes (DDP) are untested here
+    usable = (cuda_available and spec.deepspeed == "none" and spec.gpus <= 1
+              and importlib.util.find_spec("bitsandbytes") is not None)
     return "paged_adamw_8bit" if usable else "adamw"
 
 

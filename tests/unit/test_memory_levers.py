@@ -248,6 +248,7 @@ def test_auto_optimizer_is_paged_8bit_only_where_it_can_run():
     assert spec.optimizer == "auto"
     assert resolve_optimizer(spec, cuda_available=False) == "adamw"
     assert resolve_optimizer(spec.replace(deepspeed="deepspeed_zero2"), cuda_available=True) == "adamw"
+    assert resolve_optimizer(spec.replace(gpus=2), cuda_available=True) == "adamw"
     assert resolve_optimizer(spec, cuda_available=True) == "paged_adamw_8bit"  # bitsandbytes is a requirement
     assert resolve_optimizer(spec.replace(optimizer="adamw"), cuda_available=True) == "adamw"
     assert not [p for p in spec_problems(spec, cuda_available=False) if "optimizer" in p]
