@@ -19,17 +19,34 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="/tmp/llama-7b-shape")
     parser.add_argument("--new", type=int, default=32)
+    parser.add_argument("--four-bit", action="store_true", help="load the model in 4 bits")
+    parser.add_argument("--adapter", action="store_true",
+                        help="a LoRA adapter on it (bench/chat_speed.py's; unmerged in 4 bits)")
     args = parser.parse_args()
     from tuner.batching import END
     from tuner.chat import load_chat_model, prompt_token_ids, _stop_ids
     from tuner.decode import Sampling
 
-    chat = load_chat_model("base", args.model)
-    print(f"decoding: {chat.decoding}", flush=True)
+    adapter = None
+    if args.adapter:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from chat_speed import make_adapter
+
+        adapter = make_adapter(Path(args.model), Path("/tmp/adapter-7b-shape"))
+    chat = load_chat_model("adapter" if adapter else "base", args.model, adapter, load_in_4bit=args.four_bit)
+    print(f"{chat.description}; decoding: {chat.decoding}", flush=True)
     batcher = chat.slot_batcher
     if not batcher:
         print("no slot batcher")
         return 1
+    together = [batcher.submit(prompt_token_ids(chat, f"Tell me about {topic}."), Sampling(max_new_tokens=args.new),
+                               _stop_ids(chat)) for topic in ("the sea", "bees", "rain", "tea", "owls", "maps")]
+    started = time.perf_counter()
+    count = sum(1 for request in together for item in iter(request.tokens.get, END)
+                if not isinstance(item, BaseException))
+    errors = [r.finish_reason for r in together if r.finish_reason == "error"]
+    print(f"6 replies together: {count} tokens in {time.perf_counter() - started:.3f} s, errors {len(errors)}, "
+          f"graphs {batcher.graphs}", flush=True)
     for words in (3, 3, 20, 40, 80, 80):
         ids = prompt_token_ids(chat, "word " * words)
         started = time.perf_counter()
