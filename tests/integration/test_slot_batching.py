@@ -88,6 +88,14 @@ def test_a_reply_that_leaves_frees_its_slot_and_one_that_cannot_fit_is_told(chat
         items.append(item)
     assert too_long.finish_reason == "error" and "over this model's" in str(items[0])
 
+    from tuner.model_cache import chat_bytes, model_bytes
+
+    chat.slot_batcher = batcher  # the model cache counts the batcher's key-value cache with the weights
+    try:
+        assert chat_bytes(chat) - model_bytes(chat.model) == 4 * batcher.slot_bytes(batcher.length) > 0
+    finally:
+        chat.slot_batcher = None
+
     batcher.memory_fraction = 0.0  # no room to grow: a reply that needs a larger cache is refused, not crashed
     big = batcher.submit(prompt, Sampling(max_new_tokens=2000))
     item = big.tokens.get(timeout=60)
