@@ -53,6 +53,60 @@ class DecodeUnsupported(Exception):
 
 
 @dataclass
+class CacheGeometry:
+    """What a static KV cache for ``model`` is made of: positions at most, and per layer its key/value shape."""
+    limit: int
+    layers: int
+    heads: int  # key/value heads
+    head_dim: int
+    dtype: object
+    device: object
+
+    @classmethod
+    def of(cls, model, max_context: int = DEFAULT_MAX_CONTEXT) -> "CacheGeometry":
+        import torch
+
+        config = model.config
+        embeddings = model.get_input_embeddings().weight
+        if embeddings.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise DecodeUnsupported(f"embedding dtype {embeddings.dtype}")
+        return cls(limit=min(int(getattr(config, "max_position_embeddings", max_context) or max_context), max_context),
+                   layers=config.num_hidden_layers,
+                   heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+                   head_dim=getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+                   dtype=embeddings.dtype, device=embeddings.device)
+
+
+def capture_graph(step, device, pool):
+    """Run ``step`` (no arguments; returns a tensor) twice on a side stream, so lazy initialisation (cuBLAS handles,
+    autotuning, compiling) stays out of the graph, then capture it into ``pool``; returns (graph, its output)."""
+    import torch
+
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        out = step()
+    torch.cuda.synchronize(device)
+    return graph, out
+
+
+def check_same_logits(replayed, eager, where: str = "") -> None:
+    """Raise DecodeUnsupported unless a replayed step's logits equal the eager step's to ``graph_tolerance()``
+    (relative to the largest logit; NaN fails too)."""
+    import torch
+
+    scale = eager.abs().max().clamp_min(1e-6)
+    error = float((replayed - eager).abs().max() / scale)
+    if not (error <= graph_tolerance() and bool(torch.isfinite(replayed).all())):
+        raise DecodeUnsupported(f"the CUDA graph's logits differ from the model's (relative error {error:.3g}{where})")
+
+
+@dataclass
 class Sampling:
     max_new_tokens: int = 256
     min_new_tokens: int = 0
@@ -126,17 +180,11 @@ class StaticDecoder:
         self.base = _base_model(model)
         if not getattr(type(self.base), "_supports_static_cache", False):
             raise DecodeUnsupported(f"{type(self.base).__name__} has no static KV cache in this transformers")
-        config = self.base.config
-        self.config = config
-        self.device = self.base.get_input_embeddings().weight.device
-        self.dtype = self.base.get_input_embeddings().weight.dtype
-        if self.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            raise DecodeUnsupported(f"embedding dtype {self.dtype}")
+        self.config = self.base.config
+        geometry = CacheGeometry.of(self.base, max_context)
+        self.device, self.dtype, self.limit = geometry.device, geometry.dtype, geometry.limit
+        self.heads, self.head_dim, self.layers = geometry.heads, geometry.head_dim, geometry.layers
         self.graphs = bool(graphs and self.device.type == "cuda")
-        self.limit = min(int(getattr(config, "max_position_embeddings", max_context) or max_context), max_context)
-        self.heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.layers = config.num_hidden_layers
         parameters = inspect.signature(type(self.base).forward).parameters
         self.keep = "num_logits_to_keep" if "num_logits_to_keep" in parameters else (
             "logits_to_keep" if "logits_to_keep" in parameters else None)
@@ -211,20 +259,11 @@ class StaticDecoder:
             return lambda: self._forward(self._ids, self._position, cache)
         started = time.perf_counter()
         self._position.fill_(0)
-        stream = torch.cuda.Stream(device=self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # lazy initialisation (cuBLAS handles, autotuning, compiling) stays out of the graph
-                self._step_forward(self._ids, self._position, cache)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            logits = self._step_forward(self._ids, self._position, cache)
-        torch.cuda.synchronize(self.device)
+        self._graphs[size] = capture_graph(lambda: self._step_forward(self._ids, self._position, cache),
+                                           self.device, self._pool)
         self.capture_seconds += time.perf_counter() - started
-        self._graphs[size] = (graph, logits)
         return self._step_fn(size)
 
     def warm_up(self, length: int = 512) -> float:
@@ -264,12 +303,11 @@ class StaticDecoder:
                 self._position.fill_(len(prompt) + index)
                 eager = self._forward(self._ids, self._position, cache).clone()  # writes the same cache entry
                 logits = step().clone()
-                scale = eager.abs().max().clamp_min(1e-6)
-                error = float((logits - eager).abs().max() / scale)
-                if not (error <= graph_tolerance() and bool(torch.isfinite(logits).all())):  # NaN fails too
+                try:
+                    check_same_logits(logits, eager, f" at step {index}")
+                except DecodeUnsupported:
                     self._graphs.clear()
-                    raise DecodeUnsupported(f"the CUDA graph's logits differ from the model's (relative "
-                                            f"error {error:.3g} at step {index})")
+                    raise
 
     # ------------------------------------------------------------------------------------- choice
     def _choose(self, logits, seen, count: int, step: int, sampling: Sampling, stop_ids):

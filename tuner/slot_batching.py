@@ -22,7 +22,8 @@ import logging
 import time
 
 from tuner.batching import Batcher, Request, _Row
-from tuner.decode import MIN_BUCKET, DecodeUnsupported, Sampling, choose_next, graph_tolerance
+from tuner.decode import (MIN_BUCKET, CacheGeometry, DecodeUnsupported, Sampling, capture_graph,
+                          check_same_logits, choose_next)
 
 log = logging.getLogger(__name__)
 MIN_SLOTS = 1
@@ -123,13 +124,10 @@ class SlotBatcher(Batcher):
         super().__init__(model, lock, max_batch=max_batch, idle_seconds=idle_seconds)
         if not supports_slots(self.model):
             raise DecodeUnsupported(f"{type(self.model).__name__} cannot decode in slots")
-        config = self.model.config
-        self.dtype = self.model.get_input_embeddings().weight.dtype
+        geometry = CacheGeometry.of(self.model, max_context)
+        self.dtype, self.limit = geometry.dtype, geometry.limit
+        self.heads, self.head_dim, self.layers = geometry.heads, geometry.head_dim, geometry.layers
         self.graphs = bool(graphs and self.device.type == "cuda")
-        self.limit = min(int(getattr(config, "max_position_embeddings", max_context) or max_context), max_context)
-        self.heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.layers = config.num_hidden_layers
         self.memory_fraction = memory_fraction
         self._static_cache = StaticCache
         self._keys: list = []
@@ -353,20 +351,10 @@ class SlotBatcher(Batcher):
         import torch
 
         started = time.perf_counter()
-        stream = torch.cuda.Stream(device=self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # lazy initialisation (cuBLAS handles, autotuning) stays out of the graph
-                self._forward_step(*shape)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            logits = self._forward_step(*shape)
-        torch.cuda.synchronize(self.device)
+        self._graphs[shape] = capture_graph(lambda: self._forward_step(*shape), self.device, self._pool)
         self.capture_seconds += time.perf_counter() - started
-        self._graphs[shape] = (graph, logits)
 
     def _run_step(self, shape: tuple[int, int]):
         """The logits of one step of the first ``shape[0]`` slots (a graph replay where graphs are on)."""
@@ -381,10 +369,7 @@ class SlotBatcher(Batcher):
                 return logits
             eager = self._forward_step(*shape).clone()  # writes the same cache entries as the replay
             graph.replay()
-            scale = eager.abs().max().clamp_min(1e-6)
-            error = float((logits - eager).abs().max() / scale)
-            if not error <= graph_tolerance():
-                raise DecodeUnsupported(f"the CUDA graph's logits differ from the model's (relative error {error:.3g})")
+            check_same_logits(logits, eager)
             self._checked.add(shape)
             return logits
         except Exception as error:  # noqa: BLE001 - the steps go on eagerly
