@@ -95,6 +95,7 @@ def test_from_nothing_to_chatting_with_alices_assistant_and_publishing_it(app, p
     page.reload()
     page.wait_for_selector("#tab-train-button")
     open_tab(page, "train")
+    expect(page.locator("#train-job input")).to_be_visible(timeout=90_000)  # a loaded machine redraws slowly
     page.locator("#train-job input").click()
     page.get_by_role("option", name=job_id).click()
     expect(page.locator("#train-status")).to_contain_text(job_id, timeout=30_000)
