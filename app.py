@@ -130,12 +130,13 @@ def build_app(mode: Mode | None = None) -> gr.Blocks:
             def sign_in_with(lang_code: str, attempt: str, request: gr.Request):
                 client = request.headers.get("x-forwarded-for", "").split(",")[0].strip() or \
                     (request.client.host if request.client else "?")
+                # These stay until closed (duration=None): a person who looked away still learns why.
                 try:
                     good = gate.check(attempt or "", client)
                 except AccessDenied as limited:
-                    raise gr.Error(str(limited), print_exception=False) from None
+                    raise gr.Error(str(limited), duration=None, print_exception=False) from None
                 if not good:
-                    raise gr.Error(t("auth.wrong", lang_code), print_exception=False)
+                    raise gr.Error(t("auth.wrong", lang_code), duration=None, print_exception=False)
                 OWNER_SESSIONS.add(current_session())
                 gr.Info(t("auth.welcome", lang_code))
                 jobs = train_tab.refresh_jobs(lang_code, None)

@@ -169,7 +169,11 @@ class Job:
         return "\n".join(text.splitlines()[-lines:])
 
     # outcome -------------------------------------------------------------------------------------
-    def record_outcome(self, status: JobStatus, supervisor_lost: bool = False) -> JobStatus:
+    def record_outcome(self, status: JobStatus, supervisor_lost: bool = False,
+                       converting_next: bool = False) -> JobStatus:
+        """Record how the training ended. ``converting_next``: the supervisor converts the adapter next, so
+        a finished training is recorded as CONVERTING, never as a "succeeded" that a reader could take
+        for done before the adapter (and any merge or push asked for) exists."""
         progress = self.progress()
         status.ended = now_iso()
         if self._cancel_marker.exists():
@@ -180,7 +184,7 @@ class Job:
                 status.reason = (f"Training finished but the adapter was not converted ({self._supervisor_error()})."
                                  f" Run: python -m tuner convert {self.id}")
             else:
-                status.state, status.reason = JobState.SUCCEEDED, ""
+                status.state, status.reason = JobState.CONVERTING if converting_next else JobState.SUCCEEDED, ""
         elif supervisor_lost and not status.train_pgid:
             status.state = JobState.FAILED
             status.reason = f"XTuner could not be started: {self._supervisor_error()}"

@@ -62,8 +62,8 @@ def supervise(job: Job, resume: bool) -> JobStatus:
     signal.signal(signal.SIGTERM, lambda *_: stop_job_processes(job.dir, 5.0))
     process.wait()
     stop_job_processes(job.dir, 5.0)  # no rank outlives the launcher
-    status = job.record_outcome(job.read_status())
-    if status.state == JobState.SUCCEEDED:
+    status = job.record_outcome(job.read_status(), converting_next=True)
+    if status.state == JobState.CONVERTING:
         status = _convert_after_training(job, status)
     return status
 

@@ -62,3 +62,15 @@ def page_for(browser):
     yield open_page
     for context in contexts:
         context.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test shows the end of its app's log (what the server said when the page did not)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, AppProcess) and value.log.exists():
+            report.sections.append((f"app.log ({value.url})", value.log.read_text(errors="replace")[-4000:]))

@@ -2,8 +2,9 @@ from pathlib import Path
 
 from xtuner.utils import PROMPT_TEMPLATE
 
-from tuner.jobs import failure_reason, training_finished
+from tuner.jobs import Job, JobState, JobStatus, failure_reason, training_finished
 from tuner.progress import LogReader, parse_iteration, read_progress
+from tuner.spec import TrainSpec
 
 LOG = Path(__file__).parent / "fixtures" / "xtuner_cpu_train.log"  # a real `xtuner train` log
 
@@ -63,3 +64,15 @@ def test_a_log_that_just_stops_is_reported_as_killed():
     assert "killed" in failure_reason(progress)
     assert not training_finished(progress, [Path("iter_16.pth")])
     assert training_finished(read_progress(LOG), [Path("iter_16.pth")])
+
+
+def test_a_finished_training_reads_converting_until_the_supervisor_has_converted(tmp_path):
+    """A reader polling the status (wait_job, the page) never sees "succeeded" before the adapter exists."""
+    job = Job(tmp_path)
+    TrainSpec(template="qwen_chat").save(job.spec_path)
+    job.log_path.write_text(LOG.read_text(encoding="utf-8"), encoding="utf-8")
+    job.work_dir.mkdir()
+    (job.work_dir / "iter_16.pth").write_bytes(b"")
+    assert job.record_outcome(JobStatus(state=JobState.RUNNING), converting_next=True).state == JobState.CONVERTING
+    assert job.read_status().state == JobState.CONVERTING
+    assert job.record_outcome(JobStatus(state=JobState.RUNNING)).state == JobState.SUCCEEDED
