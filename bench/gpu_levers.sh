@@ -18,6 +18,7 @@
 #   serve  issue 13: 1/4/20 sessions against `python -m tuner serve` (slot batcher against TUNER_BATCHING=0)
 #   load   the same rows after a change, with bench/slot_first_token.py first (SESSIONS="1 1 4 20")
 #   compile the batch-1 step compiled by Inductor (TOLERANCE, KINDS, LIMIT)
+#   kernels bench/decode_kernels.py (bf16 and 4-bit), then the load rows: issue 12's chat levers
 #   final  load rows, then the memory levers of the app's path (APP_ROWS: bench/train_speed.py --app entries)
 #   serve, load and final also need carry ".gpu/wheels-api": fastapi 0.165.0 with its dependencies, made with
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 ... (the versions of .venv; see the README)
@@ -113,8 +114,20 @@ case "$what" in
         grep -h "tuner: " "$OUT"/app-xtuner-*.log 2>/dev/null | sort | uniq -c | tail -5
         grep -E "^row done|^path|^app|failed|Error" "$OUT/memory.log" | tail -20
         ;;
+    kernels)
+        # issue 12's chat rows: tuner/decode_kernels.py's levers alone and together (bf16, then 4-bit), then
+        # the load rows with them on (the default): 20 sessions must not lose what the slot batcher had
+        api_wheels && model_7b || exit 1
+        for bits in "" --four-bit; do
+            timeout 200 python3 bench/decode_kernels.py --model-dir /tmp/llama-7b-shape $bits \
+                > "$OUT/kernels$bits.log" 2>&1
+            echo "decode_kernels $bits rc=$?"
+            grep -v -i "warn" "$OUT/kernels$bits.log" | tail -7
+        done
+        load_rows
+        ;;
     *)
-        echo "usage: bash bench/gpu_levers.sh chat|levers|app|serve|compile|load|final" >&2
+        echo "usage: bash bench/gpu_levers.sh chat|levers|app|serve|compile|load|final|kernels" >&2
         exit 2
         ;;
 esac

@@ -164,6 +164,7 @@ def _prepare_fast_decode(chat: ChatModel, graphs: bool) -> None:
         chat.decoding = f"generate ({error})"
         return
     started = time.perf_counter()
+    kernels = _fewer_kernels(chat.model) if graphs else ""
     try:
         decoder = StaticDecoder(chat.model, graphs=graphs, compile=os.environ.get("TUNER_DECODE_COMPILE") == "1")
         decoder.warm_up(512)
@@ -176,7 +177,7 @@ def _prepare_fast_decode(chat: ChatModel, graphs: bool) -> None:
         return
     chat.decoder = decoder
     how = "CUDA graphs" if decoder.graphs else "static cache"
-    chat.decoding = f"{how} (ready in {time.perf_counter() - started:.1f} s)"
+    chat.decoding = f"{how}{f' with {kernels}' if kernels else ''} (ready in {time.perf_counter() - started:.1f} s)"
     if decoder.graphs and os.environ.get("TUNER_BATCHING", "1") != "0":
         chat.slot_batcher = _make_slot_batcher(chat)
         if chat.slot_batcher:  # visitors arriving together must not wait for captures
@@ -185,6 +186,27 @@ def _prepare_fast_decode(chat: ChatModel, graphs: bool) -> None:
             except Exception as error:  # noqa: BLE001 - the chat goes on; concurrent replies use the eager batch
                 logging.getLogger(__name__).warning("slot batching unavailable: %s", error)
                 chat.slot_batcher = False
+
+
+def _fewer_kernels(model) -> str:
+    """tuner/decode_kernels.py on a CUDA model (fused projections, Liger's norms and rotary), checked against
+    the model's own logits; "" when nothing applied. A failure leaves the model as it was."""
+    import logging
+
+    try:
+        from tuner.decode_kernels import enabled, speed_up_decoding
+    except ImportError:  # a bundle made without it
+        return ""
+    if not enabled():  # only with TUNER_DECODE_KERNELS=1 (not measured on a GPU yet)
+        return ""
+    try:
+        return speed_up_decoding(model)
+    except Exception as error:  # noqa: BLE001 - the chat goes on with the model's own kernels
+        from tuner.decode_kernels import restore
+
+        restore(model)
+        logging.getLogger(__name__).warning("decode kernels unavailable: %s", error)
+        return ""
 
 
 def _stop_ids(chat: ChatModel) -> list[int]:

@@ -95,7 +95,7 @@ def capture_graph(step, device, pool):
     return graph, out
 
 
-def check_same_logits(replayed, eager, where: str = "") -> None:
+def check_same_logits(replayed, eager, where: str = "", what: str = "the CUDA graph's logits") -> None:
     """Raise DecodeUnsupported unless a replayed step's logits equal the eager step's to ``graph_tolerance()``
     (relative to the largest logit; NaN fails too)."""
     import torch
@@ -103,7 +103,7 @@ def check_same_logits(replayed, eager, where: str = "") -> None:
     scale = eager.abs().max().clamp_min(1e-6)
     error = float((replayed - eager).abs().max() / scale)
     if not (error <= graph_tolerance() and bool(torch.isfinite(replayed).all())):
-        raise DecodeUnsupported(f"the CUDA graph's logits differ from the model's (relative error {error:.3g}{where})")
+        raise DecodeUnsupported(f"{what} differ from the model's (relative error {error:.3g}{where})")
 
 
 @dataclass

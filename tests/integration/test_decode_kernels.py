@@ -1,0 +1,80 @@
+"""tuner/decode_kernels.py on the real embedded model (CPU, fp32): fused projections compute what the separate ones
+did, in generate, the static-cache decoder and the slot batcher; a change that alters the logits is put back.
+(Liger's kernels need CUDA: on CPU ``use_liger`` changes nothing, and this checks that too.)"""
+
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tuner import decode_kernels
+from tuner.batching import END
+from tuner.chat import ChatModel, load_chat_model, prompt_token_ids, _stop_ids
+from tuner.decode import Sampling, StaticDecoder
+from tuner.models import EMBEDDED_MODEL, resolve_model
+from tuner.slot_batching import SlotBatcher
+
+from tests.integration.test_batching import conversation
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The embedded chat model twice: as loaded, and with its projections fused."""
+    plain = load_chat_model("base", EMBEDDED_MODEL)
+    fused = AutoModelForCausalLM.from_pretrained(resolve_model(EMBEDDED_MODEL), torch_dtype=torch.float32).eval()
+    note = decode_kernels.speed_up_decoding(fused)
+    return plain, fused, note
+
+
+def _replies(model, chat: ChatModel, prompts: list[list[int]]) -> list[list[int]]:
+    decoder = StaticDecoder(model, graphs=False)
+    return [list(decoder.decode(ids, Sampling(max_new_tokens=24), _stop_ids(chat))) for ids in prompts]
+
+
+def test_fused_projections_share_one_weight_and_decode_the_same_tokens(pair):
+    plain, fused, note = pair
+    layers = fused.config.num_hidden_layers
+    assert note == f"{2 * layers} fused projections", note  # q/k/v and gate/up in every layer; no Liger on CPU
+    attention = fused.model.layers[0].self_attn
+    q, k = attention.q_proj.weight, attention.k_proj.weight
+    assert k.data_ptr() == q.data_ptr() + q.numel() * q.element_size()  # views of one tensor: no copy kept
+    prompts = [prompt_token_ids(plain, *conversation(i)) for i in range(3)]
+    expected = _replies(plain.model, plain, prompts)
+    assert _replies(fused, plain, prompts) == expected
+    ids = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        generated = fused.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                                   eos_token_id=_stop_ids(plain), pad_token_id=plain.tokenizer.pad_token_id)
+    assert generated[0, ids.shape[1]:].tolist() == expected[0][:generated.shape[1] - ids.shape[1]]
+
+
+def test_the_slot_batcher_on_the_fused_model_gives_each_reply_its_own_tokens(pair):
+    plain, fused, _ = pair
+    prompts = [prompt_token_ids(plain, *conversation(i)) for i in range(4)]
+    expected = _replies(plain.model, plain, prompts)
+    batcher = SlotBatcher(fused, threading.Lock(), graphs=False, max_batch=4)
+    requests = [batcher.submit(ids, Sampling(max_new_tokens=24), _stop_ids(plain)) for ids in prompts]
+    got = []
+    for request in requests:
+        out = []
+        while (item := request.tokens.get(timeout=120)) is not END:
+            assert not isinstance(item, BaseException), item
+            out.append(item)
+        got.append(out)
+    batcher.close()
+    assert got == expected
+
+
+def test_a_lever_that_changes_the_logits_is_put_back(pair, monkeypatch):
+    plain, _, _ = pair
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(EMBEDDED_MODEL), torch_dtype=torch.float32).eval()
+    before = decode_kernels._probe_logits(model)
+    wrong = decode_kernels._FusedProduct.part
+    monkeypatch.setattr(decode_kernels._FusedProduct, "part", lambda self, i, x: wrong(self, i, x) * 1.5)
+    note = decode_kernels.speed_up_decoding(model)
+    assert note.startswith("kernels left as they were: the fused kernels' logits differ from the model's"), note
+    monkeypatch.undo()
+    assert torch.equal(decode_kernels._probe_logits(model), before)  # restored: the model's own forward again

@@ -1,0 +1,240 @@
+"""Fewer, larger kernels in a chat model's decode step (CUDA): what a token costs beyond reading the weights.
+
+At batch 1 a 7B step reads 13.5 GB of weights (4 ms on the H100) but took 8.8 ms: each of its 32 layers runs
+about 40 kernels, most of them tiny (the RMSNorms' eight element-wise operations each, the rotary embedding's
+ten, seven separate matrix-vector products). In a CUDA graph a kernel costs no launch from Python, but each
+still costs a few microseconds of its own. Two levers, applied to the loaded model in place:
+
+- ``fuse``: the query, key and value projections of a layer become one matrix product, and so do the MLP's
+  gate and up projections (7 products a layer instead of 4, each larger, nearer the memory bandwidth). The
+  separate weights become views of the fused one: no memory is added. Any architecture whose layers have
+  ``q_proj/k_proj/v_proj`` and ``gate_proj/up_proj`` (Llama, Mistral, Qwen2, ...) is fused; the modules stay,
+  only what they compute is shared: the first of a group computes the product for the group, the others read
+  their part (for the same input tensor; another input computes again).
+- ``liger``: Liger Kernel's Triton RMSNorm and rotary embedding (one kernel each), for Llama, Mistral and
+  Qwen2 on CUDA (the package the training's ``kernels`` lever uses).
+
+``speed_up_decoding`` applies both where they apply, then compares the model's logits on a probe prompt with
+the logits before (``tuner.decode.graph_tolerance``): a model that does not compute the same is put back as it
+was.
+
+Off unless ``TUNER_DECODE_KERNELS=1`` (the chat applies it to CUDA models at load): it has not been measured on
+a GPU yet (``bench/decode_kernels.py`` is the benchmark: each lever alone and together, against the model's own
+kernels). On CPU the fused products were no faster (the embedded model: batch 1 the same, a batch of 20 about
+6 % slower), so the CPU path never uses it.
+
+    python -m tuner.decode_kernels MODEL_DIR     (what it does to a model, and its logits check)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import types
+
+ENV = "TUNER_DECODE_KERNELS"
+# The RMSNorm classes whose forward is weight * (x.float() * rsqrt(mean(x^2) + eps)).to(dtype): Liger's "llama"
+# casting mode computes exactly that.
+_LLAMA_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")
+_ROPE_MODULES = ("llama", "mistral", "qwen2")  # transformers.models.<name>.modeling_<name>.apply_rotary_pos_emb
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "0") == "1"
+
+
+class _FusedProduct:
+    """One matrix product for several linears that take the same input: each member reads its slice."""
+
+    def __init__(self, linears: list):
+        import torch
+
+        self.weight = torch.cat([linear.weight.data for linear in linears])
+        biases = [linear.bias for linear in linears]
+        self.bias = torch.cat([b.data for b in biases]) if all(b is not None for b in biases) else None
+        self.bounds, start = [], 0
+        for linear in linears:
+            stop = start + linear.weight.shape[0]
+            self.bounds.append((start, stop))
+            linear.weight.data = self.weight[start:stop]  # a view: the separate copy is freed
+            if self.bias is not None:
+                linear.bias.data = self.bias[start:stop]
+            start = stop
+        self.count = len(linears)
+        self._last = threading.local()  # a thread's input, product and the parts it has handed out
+
+    def part(self, index: int, x):
+        import torch.nn.functional as F
+
+        last = self._last
+        if getattr(last, "x", None) is not x or index in last.served:
+            last.x, last.y, last.served = x, F.linear(x, self.weight, self.bias), set()
+        last.served.add(index)
+        start, stop = self.bounds[index]
+        y = last.y[..., start:stop]
+        if len(last.served) == self.count:
+            last.x = last.y = None  # hold no activation between steps
+        return y
+
+
+def _plain_linear(module):
+    """The module's nn.Linear, or its base layer's under a PEFT LoRA wrapper; None for anything else (4-bit)."""
+    import torch
+
+    linear = getattr(module, "base_layer", module)
+    return linear if type(linear) is torch.nn.Linear else None
+
+
+_PATCHED_ATTR = "_tuner_patched_modules"
+
+
+def _patch_forward(model, module, forward) -> None:
+    """Give ``module`` its own forward, and note it on ``model`` so that ``restore`` finds it."""
+    module.forward = types.MethodType(forward, module)
+    patched = getattr(model, _PATCHED_ATTR, None)
+    if patched is None:
+        patched = []
+        object.__setattr__(model, _PATCHED_ATTR, patched)  # a plain list, not a submodule
+    patched.append(module)
+
+
+def _fuse_group(model, parent, names: tuple[str, ...]) -> bool:
+    linears = [_plain_linear(getattr(parent, name, None)) for name in names]
+    if any(linear is None for linear in linears):
+        return False
+    first = linears[0].weight
+    if any(l.in_features != linears[0].in_features or l.weight.dtype != first.dtype or
+           l.weight.device != first.device or "forward" in vars(l) for l in linears):
+        return False
+    fused = _FusedProduct(linears)
+    for index, linear in enumerate(linears):
+        _patch_forward(model, linear, lambda self, x, _i=index, _f=fused: _f.part(_i, x))
+    return True
+
+
+def fuse_projections(model) -> int:
+    """Fuse q/k/v and gate/up in every layer of ``model``; returns how many groups were fused."""
+    count = 0
+    for module in list(model.modules()):
+        for names in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
+            if all(hasattr(module, name) for name in names):
+                count += _fuse_group(model, module, names)
+    return count
+
+
+def _liger_norm_forward(self, hidden_states):
+    from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+
+    if not hidden_states.is_cuda:
+        return type(self).forward(self, hidden_states)
+    return LigerRMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon, 0.0, "llama", False)
+
+
+_ORIGINAL_ROPE: dict = {}
+
+
+def _rope_dispatch(original):
+    def apply_rotary_pos_emb(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
+        if q.is_cuda and unsqueeze_dim == 1:
+            from liger_kernel.ops.rope import LigerRopeFunction
+
+            return LigerRopeFunction.apply(q, k, cos, sin, position_ids, unsqueeze_dim)
+        return original(q, k, cos, sin, position_ids, unsqueeze_dim)
+    apply_rotary_pos_emb.tuner_original = original
+    return apply_rotary_pos_emb
+
+
+def use_liger(model) -> int:
+    """Liger's RMSNorm on ``model``'s norms and its rotary embedding for its family (CUDA tensors only; others
+    keep transformers' code); returns how many modules changed (0: not CUDA, no Liger, or another family)."""
+    import importlib
+    import importlib.util
+
+    from tuner.kernels import liger_available
+
+    device = next(model.parameters()).device
+    if device.type != "cuda" or not liger_available():
+        return 0
+    count = 0
+    for module in model.modules():
+        if type(module).__name__ in _LLAMA_NORMS and "forward" not in vars(module) and \
+                hasattr(module, "variance_epsilon"):
+            _patch_forward(model, module, _liger_norm_forward)
+            count += 1
+    family = getattr(model.config, "model_type", "")
+    if family in _ROPE_MODULES and count:
+        name = f"transformers.models.{family}.modeling_{family}"
+        if importlib.util.find_spec(name):
+            modeling = importlib.import_module(name)
+            if not hasattr(modeling.apply_rotary_pos_emb, "tuner_original"):
+                _ORIGINAL_ROPE[name] = modeling.apply_rotary_pos_emb
+                modeling.apply_rotary_pos_emb = _rope_dispatch(modeling.apply_rotary_pos_emb)
+            count += 1
+    return count
+
+
+def restore(model) -> None:
+    """Put back what ``fuse_projections`` and ``use_liger`` changed (fused weights stay: their views are the
+    same values)."""
+    import importlib
+
+    for module in getattr(model, _PATCHED_ATTR, None) or []:
+        vars(module).pop("forward", None)
+    object.__setattr__(model, _PATCHED_ATTR, [])
+    for name, original in _ORIGINAL_ROPE.items():
+        importlib.import_module(name).apply_rotary_pos_emb = original
+    _ORIGINAL_ROPE.clear()
+
+
+def _probe_logits(model):
+    import torch
+
+    vocab = int(getattr(model.config, "vocab_size", 2) or 2)
+    ids = torch.tensor([[(31 * i + 7) % vocab for i in range(24)]], device=next(model.parameters()).device)
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits.float()
+
+
+def speed_up_decoding(model, fuse: bool = True, liger: bool = True) -> str:
+    """Apply the levers that apply to ``model`` and check its logits; returns a note for the chat's status
+    ("" when nothing applied). A model whose logits change beyond the tolerance is restored, and the note says
+    so."""
+    from tuner.decode import check_same_logits, DecodeUnsupported
+
+    before = _probe_logits(model)
+    parts = []
+    if fuse and (groups := fuse_projections(model)):
+        parts.append(f"{groups} fused projections")
+    if liger and use_liger(model):
+        parts.append("Liger norms and rotary")
+    if not parts:
+        return ""
+    try:
+        check_same_logits(_probe_logits(model), before, what="the fused kernels' logits")
+    except DecodeUnsupported as error:
+        restore(model)
+        return f"kernels left as they were: {error}"
+    return ", ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    parser = argparse.ArgumentParser(prog="python -m tuner.decode_kernels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a model folder (or 'embedded')")
+    args = parser.parse_args(argv)
+    from tuner.models import resolve_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(args.model), torch_dtype=dtype).to(device).eval()
+    print(speed_up_decoding(model) or "nothing to do for this model here")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
