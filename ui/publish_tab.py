@@ -29,9 +29,19 @@ def _scrub(text: str, token: str) -> str:
     return text
 
 
+def space_hardware_choices() -> list[str]:
+    """The hardware names a Space may ask for, from huggingface_hub's own list."""
+    try:
+        from huggingface_hub import SpaceHardware
+    except ImportError:
+        return ["cpu-basic", "t4-small", "l4x1", "a10g-small", "a100-large"]
+    return [hardware.value for hardware in SpaceHardware]
+
+
 def run_publish(lang: str, job_id: str | None, what: str, hub: str, repo_id: str, private: bool, token: str,
-                model_repo: str, endpoint: str):
+                model_repo: str, endpoint: str, hardware: str | None = None):
     repo_id, token = (repo_id or "").strip(), (token or "").strip()
+    hardware = ((hardware or "").strip() or None) if what == "studio" else None  # a Space of the studio only
     if not token and hub == "hf" and os.environ.get("OAUTH_CLIENT_ID"):
         token = current_oauth_token()  # signed in with Hugging Face on a Space: push as that user
     if not repo_id or "/" not in repo_id:
@@ -46,7 +56,7 @@ def run_publish(lang: str, job_id: str | None, what: str, hub: str, repo_id: str
         try:
             outcome["result"] = publish(what, hub, repo_id, job=job, token=token or None, private=bool(private),
                                         model_repo=(model_repo or "").strip(), endpoint=(endpoint or "").strip()
-                                        or None, progress=steps.put)
+                                        or None, hardware=hardware, progress=steps.put)
         except Exception as error:  # noqa: BLE001 - handed to the callback's thread
             outcome["error"] = error
         steps.put(None)
@@ -100,13 +110,16 @@ def build(labels: Labels, lang: gr.Radio) -> SimpleNamespace:
     with labels(gr.Accordion, label_key="publish.advanced", open=False):
         endpoint = labels(gr.Textbox, label_key="publish.endpoint", info_key="publish.endpoint_info",
                           elem_id="publish-endpoint")
+        hardware = labels(gr.Dropdown, choices=[""] + space_hardware_choices(), value="", allow_custom_value=True,
+                          label_key="publish.hardware", info_key="publish.hardware_info", elem_id="publish-hardware")
     with gr.Row():
         go = labels(gr.Button, value_key="publish.go", variant="primary", elem_id="publish-go")
         dry = labels(gr.Button, value_key="publish.dry_run", elem_id="publish-dry-run")
     message = gr.Markdown(elem_id="publish-message")
     bundle = labels(gr.File, label_key="publish.bundle", interactive=False, visible=False, elem_id="publish-bundle")
 
-    go.click(guarded(2, 0)(run_publish), [lang, job, what, hub, repo_id, private, token, model_repo, endpoint],
+    go.click(guarded(2, 0)(run_publish),
+             [lang, job, what, hub, repo_id, private, token, model_repo, endpoint, hardware],
              [message, model_repo], concurrency_limit=2, concurrency_id="publish")
     dry.click(guarded(2, 0)(download_bundle), [lang, job, what, hub, repo_id, model_repo], [message, bundle])
     refresh.click(lambda j: gr.update(choices=finished_jobs(), value=j or (finished_jobs() or [None])[0]), job, job)

@@ -247,6 +247,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     "publish.advanced": ("Endpoint (mirrors, self-hosted hubs)", "服务地址（镜像站、自建平台）"),
     "publish.endpoint": ("Endpoint", "服务地址"),
     "publish.endpoint_info": ("Empty: the hub's own (or HF_ENDPOINT).", "留空：使用官方地址（或 HF_ENDPOINT）。"),
+    "publish.hardware": ("Space hardware (the studio)", "Space 硬件（工作室）"),
+    "publish.hardware_info": ("Empty: the studio's README as it is. Hugging Face: cpu-basic, t4-small, l4x1, ..., asked "
+                              "for after the push (paid hardware needs a payment method); ModelScope: its "
+                              "resource name, such as platform/2v-cpu-16g-mem.",
+                              "留空：保持工作室 README 原样。Hugging Face：cpu-basic、t4-small、l4x1 等，上传后申请"
+                              "（付费硬件需要绑定支付方式）；ModelScope：资源名称，如 platform/2v-cpu-16g-mem。"),
     "publish.go": ("🚀 Publish", "🚀 发布"),
     "publish.dry_run": ("Download what would be pushed", "下载将要上传的文件"),
     "publish.bundle": ("Bundle", "文件包"),

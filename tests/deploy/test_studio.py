@@ -198,6 +198,18 @@ def test_studio_is_pushed_as_a_gradio_space_with_its_hardware(repo_tree, hf_serv
     assert not [f.path for f in space.files.values() if ALICE_TOKEN.encode() in f.data]
 
 
+def test_the_publish_tab_asks_for_the_studio_hardware_chosen_in_the_page(repo_tree, hf_server):
+    from ui.publish_tab import run_publish, space_hardware_choices
+
+    assert "l4x1" in space_hardware_choices()  # huggingface_hub's own list
+    steps = list(run_publish("en", None, "studio", "hf", "alice/page-studio", True, ALICE_TOKEN, "", hf_server.url,
+                             "l4x1"))
+    assert "alice/page-studio" in steps[-1][0] and ALICE_TOKEN not in str(steps)
+    assert hf_server.repo("alice/page-studio", "space").hardware == "l4x1"
+    list(run_publish("en", None, "studio", "hf", "alice/plain-studio", True, ALICE_TOKEN, "", hf_server.url, ""))
+    assert hf_server.repo("alice/plain-studio", "space").hardware is None  # empty: nothing asked for
+
+
 def test_a_refused_hardware_request_is_a_warning_and_the_space_stands(repo_tree, hf_server):
     hf_server.hardware_refusal = (402, "Subscribe to PRO or add a payment method to use this hardware")
     result = publish("studio", "hf", "alice/my-studio", token=ALICE_TOKEN, endpoint=hf_server.url,
