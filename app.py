@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 
 from tuner.runtime import configure_workspace
 
@@ -81,6 +82,7 @@ def build_app(mode: Mode | None = None) -> gr.Blocks:
                                   elem_id="tuner-password")
                 sign_in = labels(gr.Button, value_key="auth.sign_in", scale=1, elem_id="tuner-sign-in")
                 sign_out = labels(gr.Button, value_key="auth.sign_out", scale=1, elem_id="tuner-sign-out")
+            auth_message = gr.Markdown("", elem_id="tuner-auth-message")  # why a sign-in was refused: stays put
         labels(gr.Markdown, value_key="app.intro")
         with gr.Tabs(elem_id="tuner-tabs", selected="data" if everything else "chat"):
             with labels(gr.Tab, label_key="tab.data", elem_id="tab-data", id="data", visible=everything) as data_page:
@@ -130,19 +132,25 @@ def build_app(mode: Mode | None = None) -> gr.Blocks:
             def sign_in_with(lang_code: str, attempt: str, request: gr.Request):
                 client = request.headers.get("x-forwarded-for", "").split(",")[0].strip() or \
                     (request.client.host if request.client else "?")
-                # These stay until closed (duration=None): a person who looked away still learns why.
+                # A refusal is an error (API callers get it as one) and, in the page, a line under the password
+                # box (show_refusal, on the event's failure) that stays when the toast has gone.
                 try:
                     good = gate.check(attempt or "", client)
                 except AccessDenied as limited:
-                    raise gr.Error(str(limited), duration=None, print_exception=False) from None
+                    _remember_refusal(str(limited))
+                    raise gr.Error(str(limited), print_exception=False) from None
                 if not good:
-                    raise gr.Error(t("auth.wrong", lang_code), duration=None, print_exception=False)
+                    _remember_refusal(t("auth.wrong", lang_code))
+                    raise gr.Error(t("auth.wrong", lang_code), print_exception=False)
                 OWNER_SESSIONS.add(current_session())
                 gr.Info(t("auth.welcome", lang_code))
                 jobs = train_tab.refresh_jobs(lang_code, None)
                 return ["", jobs, where_text(lang_code, mode, True, "password"),
                         *[gr.update(visible=True) for _ in owner_views[:3]], gr.Timer(active=True),
-                        gr.update(visible=True)]
+                        gr.update(visible=True), ""]
+
+            def show_refusal(lang_code: str):
+                return f"⚠️ {_REFUSALS.pop(current_session(), t('auth.wrong', lang_code))}"
 
             def sign_out_now(lang_code: str):
                 OWNER_SESSIONS.remove(current_session())
@@ -150,12 +158,24 @@ def build_app(mode: Mode | None = None) -> gr.Blocks:
                 return [where_text(lang_code, mode, False), *[gr.update(visible=False) for _ in owner_views[:3]],
                         gr.Timer(active=False), gr.update(visible=False)]
 
-            sign_in.click(public(sign_in_with), [lang, password], [password, train.job, where, *owner_views],
-                          concurrency_limit=4, concurrency_id="sign-in")
+            refused = sign_in.click(public(sign_in_with), [lang, password],
+                                    [password, train.job, where, *owner_views, auth_message],
+                                    concurrency_limit=4, concurrency_id="sign-in", show_progress="hidden")
+            refused.failure(public(show_refusal), lang, auth_message, api_visibility="private")
             sign_out.click(public(sign_out_now), lang, [where, *owner_views])
     app.tuner_access = secure_events(app, mode)
     app.tuner_mode = mode
     return app
+
+
+_REFUSALS: OrderedDict[str, str] = OrderedDict()  # page session -> why its last sign-in was refused
+
+
+def _remember_refusal(message: str) -> None:
+    """Kept for the page's failure handler, which shows it under the password box (the newest 256 sessions)."""
+    _REFUSALS[current_session()] = message
+    while len(_REFUSALS) > 256:
+        _REFUSALS.popitem(last=False)
 
 
 def _datasets() -> list[str]:

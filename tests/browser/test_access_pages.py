@@ -43,7 +43,8 @@ def test_a_visitor_sees_chat_only_and_no_server_path_then_the_owner_signs_in(sha
 
     page.locator("#tuner-password input").fill("wrong")
     page.locator("#tuner-sign-in").click()
-    expect(page.get_by_text("Wrong password.").first).to_be_visible(timeout=15_000)
+    expect(page.locator("#tuner-auth-message")).to_contain_text("Wrong password.", timeout=15_000)  # stays put
+    page.screenshot(path=str(screenshots / "wrong-password.png"))
     expect(page.locator("#tab-data-button")).to_have_count(0)
 
     page.locator("#tuner-password input").fill(PASSWORD)
@@ -51,4 +52,5 @@ def test_a_visitor_sees_chat_only_and_no_server_path_then_the_owner_signs_in(sha
     expect(page.locator("#tab-data-button")).to_be_visible(timeout=15_000)
     expect(page.locator("#tab-train-button")).to_be_visible()
     expect(page.locator("#tuner-where")).to_contain_text("signed in as the owner")
+    expect(page.locator("#tuner-auth-message")).not_to_contain_text("Wrong password.")  # the refusal is gone
     page.screenshot(path=str(screenshots / "owner-signed-in.png"), full_page=True)
