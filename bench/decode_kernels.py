@@ -4,6 +4,10 @@ rotary embedding, both. For each: the slot batcher's batch of one (every reply's
 decoder, 256 new tokens, and how the logits compare with the baseline's.
 
     python bench/decode_kernels.py [--model-dir /tmp/llama-7b-shape] [--tokenizer DIR] [--four-bit]
+    python bench/decode_kernels.py --cpu     (the embedded model on CPU: fused projections or not, alternating)
+
+On CPU only the fused projections apply (Liger needs CUDA); the rows there are the embedded model's greedy
+``generate`` (batch 1) and one-token steps of a batch of 20, the unfused model and the fused one alternating.
 """
 
 from __future__ import annotations
@@ -49,12 +53,59 @@ def _release(chat) -> None:
     torch.cuda.empty_cache()
 
 
+def cpu_rows(rounds: int = 3) -> int:
+    import platform
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuner import decode_kernels
+    from tuner.models import EMBEDDED_MODEL, resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(EMBEDDED_MODEL), torch_dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    prompt = torch.randint(3, model.config.vocab_size, (1, 28))
+    batch = torch.randint(3, model.config.vocab_size, (20, 40))
+
+    def generate_rate() -> float:
+        started = time.perf_counter()
+        model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=64, min_new_tokens=64,
+                       do_sample=False)
+        return 64 / (time.perf_counter() - started)
+
+    def batch_rate(steps: int = 20) -> float:
+        with torch.no_grad():
+            cache = model(batch, use_cache=True).past_key_values
+            started = time.perf_counter()
+            for _ in range(steps):
+                cache = model(batch[:, -1:], past_key_values=cache, use_cache=True).past_key_values
+            return steps * batch.shape[0] / (time.perf_counter() - started)
+
+    generate_rate()  # warm-up
+    rows = []
+    for _ in range(rounds):
+        decode_kernels.restore(model)
+        plain = (generate_rate(), batch_rate())
+        note = decode_kernels.speed_up_decoding(model)
+        rows.append((*plain, generate_rate(), batch_rate()))
+    print(f"\nembedded model (SmolLM2-135M, fp32), CPU x{os.cpu_count()} {platform.machine()}, torch {torch.__version__}; "
+          f"fused: {note}\n")
+    print(f"{'round':>5s} {'generate, own':>14s} {'generate, fused':>16s} {'batch 20, own':>14s} {'batch 20, fused':>16s}"
+          "   (tokens/s)")
+    for number, (generate_own, batch_own, generate_fused, batch_fused) in enumerate(rows, 1):
+        print(f"{number:5d} {generate_own:14.1f} {generate_fused:16.1f} {batch_own:14.1f} {batch_fused:16.1f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu", action="store_true", help="the embedded model on this machine's CPU instead")
     parser.add_argument("--model-dir", default="/tmp/llama-7b-shape")
     parser.add_argument("--tokenizer", help="writes the model first when --model-dir has none (bench/multigpu.py)")
     parser.add_argument("--four-bit", action="store_true")
     args = parser.parse_args()
+    if args.cpu:
+        return cpu_rows()
     import torch
 
     from chat_speed import _time_slot_batch

@@ -17,7 +17,17 @@ TRAINING_MINUTES = 20
 
 
 def open_tab(page: Page, name: str) -> None:
-    page.locator(f"#tab-{name}-button").click()
+    """Click the tab until it is the selected one: on a loaded machine a click soon after a (re)load can land
+    while the page is still drawing its tab bar, and is lost (seen in CI: the Data tab stayed selected)."""
+    button = page.locator(f"#tab-{name}-button")
+    for attempt in range(4):
+        button.click()
+        try:
+            expect(button).to_have_attribute("aria-selected", "true", timeout=10_000)
+            break
+        except AssertionError:
+            if attempt == 3:
+                raise
     page.wait_for_timeout(500)
 
 
