@@ -194,7 +194,7 @@ def _fewer_kernels(model) -> str:
     import logging
 
     try:
-        from tuner.decode_kernels import enabled, speed_up_decoding
+        from tuner.decode_kernels import enabled, restore, speed_up_decoding
     except ImportError:  # a bundle made without it
         return ""
     if not enabled():  # only with TUNER_DECODE_KERNELS=1 (not measured on a GPU yet)
@@ -202,8 +202,6 @@ def _fewer_kernels(model) -> str:
     try:
         return speed_up_decoding(model)
     except Exception as error:  # noqa: BLE001 - the chat goes on with the model's own kernels
-        from tuner.decode_kernels import restore
-
         restore(model)
         logging.getLogger(__name__).warning("decode kernels unavailable: %s", error)
         return ""

@@ -68,8 +68,7 @@ def test_the_slot_batcher_on_the_fused_model_gives_each_reply_its_own_tokens(pai
     assert got == expected
 
 
-def test_a_lever_that_changes_the_logits_is_put_back(pair, monkeypatch):
-    plain, _, _ = pair
+def test_a_lever_that_changes_the_logits_is_put_back(monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(resolve_model(EMBEDDED_MODEL), torch_dtype=torch.float32).eval()
     before = decode_kernels._probe_logits(model)
     wrong = decode_kernels._FusedProduct.part
