@@ -43,6 +43,80 @@ def _decoder_rate(chat) -> tuple[float, float, list[int]]:
     return first, (len(tokens) - 1) / (total - first), tokens
 
 
+def _slot_reply(chat) -> tuple[float, float, float, float]:
+    """One reply alone in the slot batcher: first token s, tokens/s, the longest gap between two tokens (ms), and
+    tokens/s without that gap (a capture of a longer step in the middle of a reply shows there)."""
+    from tuner.batching import END
+    from tuner.chat import prompt_token_ids, _stop_ids
+    from tuner.decode import Sampling
+
+    ids = prompt_token_ids(chat, "Tell me about yourself.")
+    for new in (8, NEW):
+        request = chat.slot_batcher.submit(ids, Sampling(max_new_tokens=new, min_new_tokens=new), _stop_ids(chat))
+        start = time.perf_counter()
+        stamps = []
+        while request.tokens.get(timeout=300) is not END:
+            stamps.append(time.perf_counter() - start)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    total = stamps[-1] - stamps[0]
+    return stamps[0], len(gaps) / total, 1000 * max(gaps), (len(gaps) - 1) / (total - max(gaps))
+
+
+def _replay_ms(graphs: dict, positions, steps: int = 100) -> dict:
+    """Milliseconds a step of each captured graph takes on the GPU alone (replayed back to back, no host work, at
+    position 0: ``positions`` is the graphs' static position tensor)."""
+    import torch
+
+    times = {}
+    with torch.inference_mode():
+        for key, (graph, _) in sorted(graphs.items()):
+            times[key] = _replay(graph, positions, steps)
+    return times
+
+
+def _replay(graph, positions, steps: int) -> float:
+    import torch
+
+    positions.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        graph.replay()
+    torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - started) / steps
+
+
+def _kernel_profile(chat, top: int = 8) -> str:
+    """The batch-1 decoder's one-token step run eagerly under the profiler: kernels a step, their GPU time, and
+    the kernels that take most of it."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder = chat.decoder
+    cache = decoder._cache(512)
+    step = lambda: decoder._forward(decoder._ids, decoder._position, cache)  # noqa: E731
+    with torch.inference_mode():
+        decoder._position.zero_()
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total_us = sum(e.device_time for e in kernels) / 5
+    by_name: dict = {}
+    for event in kernels:
+        count, us = by_name.get(event.name, (0, 0.0))
+        by_name[event.name] = (count + 1, us + event.device_time)
+    lines = [f"  {len(kernels) // 5} kernels a step, {total_us / 1000:.2f} ms of GPU time a step"]
+    for name, (count, us) in sorted(by_name.items(), key=lambda item: -item[1][1])[:top]:
+        lines.append(f"  {us / 5 / 1000:7.3f} ms {count // 5:5d} x  {name[:100]}")
+    return "\n".join(lines)
+
+
 def _release(chat) -> None:
     import torch
 
@@ -103,12 +177,14 @@ def main() -> int:
     parser.add_argument("--model-dir", default="/tmp/llama-7b-shape")
     parser.add_argument("--tokenizer", help="writes the model first when --model-dir has none (bench/multigpu.py)")
     parser.add_argument("--four-bit", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="each stage's eager step under the profiler too")
+    parser.add_argument("--warm-slots", type=int, default=0,
+                        help="a row more per stage: the slot batcher warmed up to this many positions")
     args = parser.parse_args()
     if args.cpu:
         return cpu_rows()
     import torch
 
-    from chat_speed import _time_slot_batch
     from tuner import decode_kernels
     from tuner.chat import _prepare_fast_decode, load_chat_model
 
@@ -120,7 +196,7 @@ def main() -> int:
     chat = load_chat_model("merged", args.model_dir, None, load_in_4bit=args.four_bit, fast_decode=False)
     model = chat.model
     reference = decode_kernels._probe_logits(model)
-    rows, baseline_tokens = [], None
+    rows, details, baseline_tokens = [], [], None
     stages = [("model's own kernels", None), ("fused projections", dict(fuse=True, liger=False)),
               ("fused + Liger norms, rotary", dict(fuse=False, liger=True)), ("Liger alone", "liger-alone")]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
@@ -136,11 +212,23 @@ def main() -> int:
                 note = "-"
             error = float((decode_kernels._probe_logits(model) - reference).abs().max() / reference.abs().max())
             _prepare_fast_decode(chat, graphs=True)
-            slot_first, slot_rate = _time_slot_batch(chat)
+            slot_first, slot_rate, gap, without_gap = _slot_reply(chat)
             first, rate, tokens = _decoder_rate(chat)
             baseline_tokens = baseline_tokens or tokens
             same = next((i for i, (a, b) in enumerate(zip(tokens, baseline_tokens)) if a != b), len(tokens))
             rows.append((label, slot_rate, slot_first, rate, first, error, same, note or "nothing applied"))
+            replays = {f"decoder {k}": v for k, v in _replay_ms(chat.decoder._graphs, chat.decoder._position).items()}
+            replays.update({f"slots {k}": v for k, v in _replay_ms(chat.slot_batcher._graphs, chat.slot_batcher._positions).items()
+                            if k[0] == 1})
+            details.append(f"{label}: slot reply's longest gap {gap:.0f} ms ({without_gap:.1f} tok/s without it); "
+                           "GPU ms a step (graph replays): " + ", ".join(f"{k} {v:.2f}" for k, v in replays.items()))
+            if args.profile:
+                details.append(_kernel_profile(chat))
+            if args.warm_slots:
+                chat.slot_batcher.warm_up(args.warm_slots)
+                slot_first, slot_rate, gap, without_gap = _slot_reply(chat)
+                rows.append((f"  slots warmed to {args.warm_slots}", slot_rate, slot_first, 0.0, 0.0, error, 0,
+                             f"longest gap {gap:.0f} ms"))
         except Exception as failure:  # noqa: BLE001 - keep the other rows
             import traceback
 
@@ -153,6 +241,7 @@ def main() -> int:
     for label, slot_rate, slot_first, rate, first, error, same, note in rows:
         print(f"{label:30s} {slot_rate:13.1f} tok/s {slot_first:8.3f} {rate:11.1f} tok/s {first:8.3f} "
               f"{error:15.4f} {same:6d}/{NEW:<6d}  {note}", flush=True)
+    print("\n" + "\n".join(details))
     return 0
 
 

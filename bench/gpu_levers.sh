@@ -18,7 +18,7 @@
 #   serve  issue 13: 1/4/20 sessions against `python -m tuner serve` (slot batcher against TUNER_BATCHING=0)
 #   load   the same rows after a change, with bench/slot_first_token.py first (SESSIONS="1 1 4 20")
 #   compile the batch-1 step compiled by Inductor (TOLERANCE, KINDS, LIMIT)
-#   kernels bench/decode_kernels.py (bf16 and 4-bit), then the load rows: issue 12's chat levers
+#   kernels bench/decode_kernels.py (bf16, 4-bit, the embedded model if carried), chat and load rows: issue 12
 #   final  load rows, then the memory levers of the app's path (APP_ROWS: bench/train_speed.py --app entries)
 #   serve, load and final also need carry ".gpu/wheels-api": fastapi 0.165.0 with its dependencies, made with
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 ... (the versions of .venv; see the README)
@@ -115,16 +115,28 @@ case "$what" in
         grep -E "^row done|^path|^app|failed|Error" "$OUT/memory.log" | tail -20
         ;;
     kernels)
-        # issue 12's chat rows: tuner/decode_kernels.py's levers alone and together (bf16, then 4-bit), then
-        # the load rows with them on (the default): 20 sessions must not lose what the slot batcher had
+        # issue 12's chat rows: tuner/decode_kernels.py's levers alone and together (bf16 with the eager step's
+        # kernel profile, then 4-bit), the embedded model's real weights where /tmp/smol.gguf was carried (the
+        # greedy column means something there: bench/gpu_bundle.sh's README says how the GGUF travels), then
+        # the chat rows with the levers on (the default) and the load rows (NO_LOAD=1 skips them)
         api_wheels && model_7b || exit 1
-        for bits in "" --four-bit; do
-            timeout 200 python3 bench/decode_kernels.py --model-dir /tmp/llama-7b-shape $bits \
+        for bits in "--profile" --four-bit; do
+            timeout 170 python3 bench/decode_kernels.py --model-dir /tmp/llama-7b-shape $bits \
                 > "$OUT/kernels$bits.log" 2>&1
             echo "decode_kernels $bits rc=$?"
-            grep -v -i "warn" "$OUT/kernels$bits.log" | tail -7
+            grep -v -i "warn" "$OUT/kernels$bits.log" | grep -v "^('" | tail -32
         done
-        load_rows
+        if [[ -f /tmp/smol.gguf ]]; then
+            TUNER_EMBEDDED_GGUF=/tmp/smol.gguf timeout 100 python3 bench/decode_kernels.py \
+                --model-dir embedded:SmolLM2-135M-Instruct > "$OUT/kernels-embedded.log" 2>&1
+            echo "decode_kernels (embedded model, real weights) rc=$?"
+            grep -v -i "warn" "$OUT/kernels-embedded.log" | grep -v "^('" | tail -12
+        fi
+        timeout 170 python3 bench/chat_speed.py --kinds ${KINDS:-merged,merged-4bit,adapter-4bit} --before-tokens 16 \
+            --json "$OUT/chat.json" > "$OUT/chat.log" 2>&1
+        echo "chat_speed rc=$?"
+        grep -v -i "warn" "$OUT/chat.log" | tail -14
+        [[ -n "${NO_LOAD:-}" ]] || load_rows
         ;;
     *)
         echo "usage: bash bench/gpu_levers.sh chat|levers|app|serve|compile|load|final|kernels" >&2

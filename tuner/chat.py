@@ -167,7 +167,7 @@ def _prepare_fast_decode(chat: ChatModel, graphs: bool) -> None:
     kernels = _fewer_kernels(chat.model) if graphs else ""
     try:
         decoder = StaticDecoder(chat.model, graphs=graphs, compile=os.environ.get("TUNER_DECODE_COMPILE") == "1")
-        decoder.warm_up(512)
+        decoder.warm_up()
     except DecodeUnsupported as error:
         chat.decoding = f"generate ({error})"
         return
@@ -197,7 +197,7 @@ def _fewer_kernels(model) -> str:
         from tuner.decode_kernels import enabled, restore, speed_up_decoding
     except ImportError:  # a bundle made without it
         return ""
-    if not enabled():  # only with TUNER_DECODE_KERNELS=1 (not measured on a GPU yet)
+    if not enabled():  # TUNER_DECODE_KERNELS=0
         return ""
     try:
         return speed_up_decoding(model)

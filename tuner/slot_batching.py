@@ -22,7 +22,7 @@ import logging
 import time
 
 from tuner.batching import Batcher, Request, _Row
-from tuner.decode import (MIN_BUCKET, CacheGeometry, DecodeUnsupported, Sampling, capture_graph,
+from tuner.decode import (MIN_BUCKET, WARM_LENGTH, CacheGeometry, DecodeUnsupported, Sampling, capture_graph,
                           check_same_logits, choose_next)
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ class SlotBatcher(Batcher):
         self._rows.extend(rows)
         self._read(rows, *self._to_host(chosen))
 
-    def warm_up(self, length: int = MIN_BUCKET) -> str:
+    def warm_up(self, length: int = WARM_LENGTH) -> str:
         """Capture (and check) the step for every batch size up to ``max_batch`` (as far as memory allows) at
         ``length`` positions, and run the prefill path once, now: visitors arriving together then wait for no
         capture and no lazy set-up. Returns what was done."""

@@ -37,7 +37,8 @@ def _replies(model, chat: ChatModel, prompts: list[list[int]]) -> list[list[int]
 def test_fused_projections_share_one_weight_and_decode_the_same_tokens(pair):
     plain, fused, note = pair
     layers = fused.config.num_hidden_layers
-    assert note == f"{2 * layers} fused projections", note  # q/k/v and gate/up in every layer; no Liger on CPU
+    assert note.startswith(f"{2 * layers} fused projections ("), note  # q/k/v, gate/up in every layer; no Liger
+    assert "Liger" not in note  # Liger needs CUDA
     attention = fused.model.layers[0].self_attn
     q, k = attention.q_proj.weight, attention.k_proj.weight
     assert k.data_ptr() == q.data_ptr() + q.numel() * q.element_size()  # views of one tensor: no copy kept
@@ -74,6 +75,36 @@ def test_a_lever_that_changes_the_logits_is_put_back(monkeypatch):
     wrong = decode_kernels._FusedProduct.part
     monkeypatch.setattr(decode_kernels._FusedProduct, "part", lambda self, i, x: wrong(self, i, x) * 1.5)
     note = decode_kernels.speed_up_decoding(model)
-    assert note.startswith("kernels left as they were: the fused kernels' logits differ from the model's"), note
+    assert note.startswith("kernels left as they were: the outputs of a faster kernel differ from the model's"), note
+    assert note.endswith("in model.layers.0.self_attn.q_proj)"), note  # the first one fused, checked first
     monkeypatch.undo()
     assert torch.equal(decode_kernels._probe_logits(model), before)  # restored: the model's own forward again
+
+
+@pytest.mark.parametrize("factor", [1.0, 1.05])
+def test_each_rotary_embedding_is_checked_against_the_one_it_replaces(monkeypatch, factor):
+    """Liger's rotary kernel stands in for transformers' function; here (CPU) a stand-in that computes the same,
+    or 5 % more on the keys: the first passes, the second is caught, named, and the function is put back."""
+    import transformers.models.llama.modeling_llama as llama
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(EMBEDDED_MODEL), torch_dtype=torch.float32).eval()
+    original = llama.apply_rotary_pos_emb
+
+    def stand_in(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
+        q, k = original(q, k, cos, sin, position_ids, unsqueeze_dim)
+        return q, k * factor
+
+    def use_stand_in(model):
+        decode_kernels._ORIGINAL_ROPE[llama.__name__] = original
+        llama.apply_rotary_pos_emb = stand_in
+        return 1
+    monkeypatch.setattr(decode_kernels, "use_liger", use_stand_in)
+    monkeypatch.setattr(llama, "apply_rotary_pos_emb", original)  # put back by monkeypatch in any case
+    note = decode_kernels.speed_up_decoding(model, fuse=False)
+    if factor == 1.0:
+        assert note == "Liger norms and rotary (the same outputs)", note
+        assert llama.apply_rotary_pos_emb is stand_in  # still in place after the check
+    else:
+        assert note == ("kernels left as they were: the outputs of a faster kernel differ from the model's "
+                        "(relative error 0.05 in the rotary embedding of the keys)"), note
+        assert llama.apply_rotary_pos_emb is original
