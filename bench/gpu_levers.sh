@@ -120,7 +120,8 @@ case "$what" in
         # greedy column means something there: bench/gpu_bundle.sh's README says how the GGUF travels), then
         # the chat rows with the levers on (the default) and the load rows (NO_LOAD=1 skips them)
         api_wheels && model_7b || exit 1
-        for bits in "--profile" --four-bit; do
+        for bits in ${LEVER_RUNS:---profile --four-bit}; do  # LEVER_RUNS=--profile: bf16 only; none: no runs
+            [[ "$bits" == none ]] && continue
             timeout 170 python3 bench/decode_kernels.py --model-dir /tmp/llama-7b-shape $bits \
                 > "$OUT/kernels$bits.log" 2>&1
             echo "decode_kernels $bits rc=$?"
@@ -132,7 +133,7 @@ case "$what" in
             echo "decode_kernels (embedded model, real weights) rc=$?"
             grep -v -i "warn" "$OUT/kernels-embedded.log" | grep -v "^('" | tail -12
         fi
-        timeout 170 python3 bench/chat_speed.py --kinds ${KINDS:-merged,merged-4bit,adapter-4bit} --before-tokens 16 \
+        timeout ${CHAT_LIMIT:-170} python3 bench/chat_speed.py --kinds ${KINDS:-merged,merged-4bit,adapter-4bit} --before-tokens 16 \
             --json "$OUT/chat.json" > "$OUT/chat.log" 2>&1
         echo "chat_speed rc=$?"
         grep -v -i "warn" "$OUT/chat.log" | tail -14

@@ -108,3 +108,27 @@ def test_each_rotary_embedding_is_checked_against_the_one_it_replaces(monkeypatc
         assert note == ("kernels left as they were: the outputs of a faster kernel differ from the model's "
                         "(relative error 0.05 in the rotary embedding of the keys)"), note
         assert llama.apply_rotary_pos_emb is original
+
+
+def test_unmerged_lora_layers_in_two_kernels_decode_what_peft_decodes():
+    """The embedded model with a real PEFT LoRA on all its linears (random A and B, so that it changes the
+    answers): with the levers, every LoRA layer runs ``use_lora``'s forward and the decoder gives PEFT's tokens."""
+    from peft import LoraConfig, get_peft_model
+
+    plain = load_chat_model("base", EMBEDDED_MODEL)
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, lora_dropout=0.1,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(EMBEDDED_MODEL), torch_dtype=torch.float32).eval()
+    adapted = get_peft_model(base, config).eval()
+    prompts = [prompt_token_ids(plain, *conversation(i)) for i in range(2)]
+    expected = _replies(adapted, plain, prompts)
+    assert expected != _replies(plain.model, plain, prompts)  # the adapter changes the answers
+    note = decode_kernels.speed_up_decoding(adapted, fuse=False)
+    layers = 7 * base.config.num_hidden_layers
+    assert note.startswith(f"{layers} LoRA layers in two kernels ("), note
+    attention = base.model.layers[0].self_attn
+    assert "forward" in vars(attention.q_proj) and "forward" in vars(attention.o_proj)
+    assert _replies(adapted, plain, prompts) == expected
+    decode_kernels.restore(adapted)
+    assert "forward" not in vars(attention.q_proj)
