@@ -43,7 +43,7 @@ def _decoder_rate(chat) -> tuple[float, float, list[int]]:
     return first, (len(tokens) - 1) / (total - first), tokens
 
 
-def _slot_reply(chat) -> tuple[float, float, float, float]:
+def _slot_reply(chat, least: int = NEW) -> tuple[float, float, float, float]:
     """One reply alone in the slot batcher: first token s, tokens/s, the longest gap between two tokens (ms), and
     tokens/s without that gap (a capture of a longer step in the middle of a reply shows there)."""
     from tuner.batching import END
@@ -52,7 +52,8 @@ def _slot_reply(chat) -> tuple[float, float, float, float]:
 
     ids = prompt_token_ids(chat, "Tell me about yourself.")
     for new in (8, NEW):
-        request = chat.slot_batcher.submit(ids, Sampling(max_new_tokens=new, min_new_tokens=new), _stop_ids(chat))
+        request = chat.slot_batcher.submit(ids, Sampling(max_new_tokens=new, min_new_tokens=min(new, least)),
+                                           _stop_ids(chat))
         start = time.perf_counter()
         stamps = []
         while request.tokens.get(timeout=300) is not END:
@@ -117,6 +118,31 @@ def _kernel_profile(chat, top: int = 8) -> str:
     return "\n".join(lines)
 
 
+def _slot_profile(chat, top: int = 14) -> str:
+    """A lone 96-token reply in the slot batcher under the profiler (host and GPU): where the host's time goes."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from tuner.batching import END
+    from tuner.chat import prompt_token_ids, _stop_ids
+    from tuner.decode import Sampling
+
+    ids = prompt_token_ids(chat, "Tell me about yourself.")
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
+        started = time.perf_counter()
+        request = chat.slot_batcher.submit(ids, Sampling(max_new_tokens=96, min_new_tokens=96), _stop_ids(chat))
+        while request.tokens.get(timeout=300) is not END:
+            pass
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in kernels) / 1e6
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=48)
+    stacks = prof.key_averages(group_by_stack_n=8).table(sort_by="self_cpu_time_total", row_limit=4,
+                                                         max_name_column_width=40)
+    return f"  96 tokens in {wall:.3f} s, GPU busy {busy:.3f} s ({100 * busy / wall:.0f} %)\n{table}\n{stacks}"
+
+
 def _release(chat) -> None:
     import torch
 
@@ -178,6 +204,10 @@ def main() -> int:
     parser.add_argument("--tokenizer", help="writes the model first when --model-dir has none (bench/multigpu.py)")
     parser.add_argument("--four-bit", action="store_true")
     parser.add_argument("--profile", action="store_true", help="each stage's eager step under the profiler too")
+    parser.add_argument("--profile-slots", action="store_true",
+                        help="a lone reply in the slot batcher under the profiler, with every lever on")
+    parser.add_argument("--sync-debug", action="store_true",
+                        help="where a lone slot reply synchronizes with the GPU, and its rate with min_new_tokens 0")
     parser.add_argument("--warm-slots", type=int, default=0,
                         help="a row more per stage: the slot batcher warmed up to this many positions")
     args = parser.parse_args()
@@ -224,6 +254,22 @@ def main() -> int:
                            "GPU ms a step (graph replays): " + ", ".join(f"{k} {v:.2f}" for k, v in replays.items()))
             if args.profile:
                 details.append(_kernel_profile(chat))
+            if args.profile_slots and label == stages[2][0]:
+                details.append(_slot_profile(chat))
+            if args.sync_debug and label == stages[2][0]:
+                import warnings
+
+                torch.cuda.set_sync_debug_mode("warn")
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    forced = _slot_reply(chat)
+                    free = _slot_reply(chat, least=0)
+                torch.cuda.set_sync_debug_mode(0)
+                places = sorted({f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)})
+                details.append(f"synchronizing calls in lone slot replies: {len(caught)} at {places}; without the sync "
+                               f"check: min_new_tokens={NEW} {_slot_reply(chat)[1]:.1f} tok/s, min_new_tokens=0 "
+                               f"{_slot_reply(chat, least=0)[1]:.1f} tok/s (forced {forced[1]:.1f}, free {free[1]:.1f} "
+                               "under the check)")
             if args.warm_slots:
                 chat.slot_batcher.warm_up(args.warm_slots)
                 slot_first, slot_rate, gap, without_gap = _slot_reply(chat)

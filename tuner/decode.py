@@ -145,8 +145,9 @@ def choose_next(logits, seen, count: int, step: int, sampling: Sampling, stop_id
         score = torch.where(score < 0, score * sampling.repetition_penalty, score / sampling.repetition_penalty)
         scores = scores.scatter(1, tokens, score)
     if step < sampling.min_new_tokens and stop_ids is not None:
-        scores = scores.clone()
-        scores[:, stop_ids] = -float("inf")
+        # index_fill, not scores[:, stop_ids] = -inf: that assignment waited for the GPU (a lone reply in the slot
+        # batcher with min_new_tokens: 144 tokens/s against 154 without)
+        scores = scores.index_fill(1, stop_ids, -float("inf"))
     if sampling.temperature <= 0:
         return torch.argmax(scores, dim=-1, keepdim=True)
     if sampling.temperature != 1.0:
