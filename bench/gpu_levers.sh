@@ -18,6 +18,7 @@
 #   serve  issue 13: 1/4/20 sessions against `python -m tuner serve` (slot batcher against TUNER_BATCHING=0)
 #   load   the same rows after a change, with bench/slot_first_token.py first (SESSIONS="1 1 4 20")
 #   compile the batch-1 step compiled by Inductor (TOLERANCE, KINDS, LIMIT)
+#   ab     the load rows under several environments (VARIANTS): e.g. decode kernels on and off
 #   kernels bench/decode_kernels.py (bf16, 4-bit, the embedded model if carried), chat and load rows: issue 12
 #   final  load rows, then the memory levers of the app's path (APP_ROWS: bench/train_speed.py --app entries)
 #   serve, load and final also need carry ".gpu/wheels-api": fastapi 0.165.0 with its dependencies, made with
@@ -138,6 +139,16 @@ case "$what" in
         echo "chat_speed rc=$?"
         grep -v -i "warn" "$OUT/chat.log" | tail -14
         [[ -n "${NO_LOAD:-}" ]] || load_rows
+        ;;
+    ab)
+        # the load rows under each setting of VARIANTS ("|"-separated environments; "default" is none), in one
+        # process tree each, one after the other on the same machine: what a default costs the batched path
+        api_wheels && model_7b || exit 1
+        IFS='|' read -r -a variants <<< "${VARIANTS:-default|TUNER_DECODE_KERNELS=0|TUNER_WARM_LENGTH=256}"
+        for variant in "${variants[@]}"; do
+            echo "== $variant"
+            if [[ "$variant" == default ]]; then load_rows; else env $variant bash -c "$(declare -f load_rows); OUT=$OUT SESSIONS='${SESSIONS:-1 4 20}' load_rows"; fi
+        done
         ;;
     *)
         echo "usage: bash bench/gpu_levers.sh chat|levers|app|serve|compile|load|final|kernels" >&2

@@ -15,6 +15,7 @@ generation config asks for (bad words, n-gram blocking, ...) sends the caller ba
 
 from __future__ import annotations
 
+import os
 import inspect
 import threading
 import time
@@ -25,7 +26,7 @@ MIN_BUCKET = 256
 # positions captured at load, by the batch-1 decoder and the slot batcher alike: a reply that stays under it
 # never waits for a capture (a slot batcher warmed to 256 captured its 512-position step in the middle of a
 # 256-token reply, and grew its buffers there: H100, 7B-shaped, 92.5 tokens/s against the decoder's 123.7)
-WARM_LENGTH = 512
+WARM_LENGTH = int(os.environ.get("TUNER_WARM_LENGTH", "512") or 512)
 DEFAULT_MAX_CONTEXT = 8192
 
 # GenerationConfig fields that add logits processors we do not implement: the fast path is used only
