@@ -144,7 +144,7 @@ case "$what" in
         # the load rows under each setting of VARIANTS ("|"-separated environments; "default" is none), in one
         # process tree each, one after the other on the same machine: what a default costs the batched path
         api_wheels && model_7b || exit 1
-        IFS='|' read -r -a variants <<< "${VARIANTS:-default|TUNER_DECODE_KERNELS=0|TUNER_WARM_LENGTH=256}"
+        IFS='|' read -r -a variants <<< "${VARIANTS:-default|TUNER_DECODE_KERNELS=0|TUNER_SLOT_WARM_LENGTH=512}"
         for variant in "${variants[@]}"; do
             echo "== $variant"
             if [[ "$variant" == default ]]; then load_rows; else env $variant bash -c "$(declare -f load_rows); OUT=$OUT SESSIONS='${SESSIONS:-1 4 20}' load_rows"; fi

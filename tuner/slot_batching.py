@@ -22,7 +22,7 @@ import logging
 import time
 
 from tuner.batching import Batcher, Request, _Row
-from tuner.decode import (MIN_BUCKET, WARM_LENGTH, CacheGeometry, DecodeUnsupported, Sampling, capture_graph,
+from tuner.decode import (MIN_BUCKET, SLOT_WARM_LENGTH, CacheGeometry, DecodeUnsupported, Sampling, capture_graph,
                           check_same_logits, choose_next)
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ class SlotBatcher(Batcher):
         self._rows.extend(rows)
         self._read(rows, *self._to_host(chosen))
 
-    def warm_up(self, length: int = WARM_LENGTH) -> str:
+    def warm_up(self, length: int = SLOT_WARM_LENGTH) -> str:
         """Capture (and check) the step for every batch size up to ``max_batch`` (as far as memory allows) at
         ``length`` positions, and run the prefill path once, now: visitors arriving together then wait for no
         capture and no lazy set-up. Returns what was done."""
@@ -312,7 +312,7 @@ class SlotBatcher(Batcher):
             self._ids.zero_()
             # every step length up to ``length``: a batch of short replies steps over the first 256 positions only
             # (at 32 replies a step reads their keys and values, 4 GB for a 7B model, besides the weights); warmed
-            # at 512 alone, 20 sessions waited for the 256-position captures and got 371 tokens/s instead of 800
+            # at 512 alone, 20 sessions waited for the 256-position captures and got 371 tokens/s instead of 705
             widths = min(_power_of_two(length, MIN_BUCKET), self.length)
             while self.graphs and size <= min(slots, self.slots):
                 positions = min(MIN_BUCKET, widths)
