@@ -15,8 +15,8 @@ generation config asks for (bad words, n-gram blocking, ...) sends the caller ba
 
 from __future__ import annotations
 
-import os
 import inspect
+import os
 import threading
 import time
 from dataclasses import dataclass

@@ -16,13 +16,14 @@ still costs a few microseconds of its own. Three levers, applied to the loaded m
 - ``liger``: Liger Kernel's Triton RMSNorm and rotary embedding (one kernel each), for Llama, Mistral and
   Qwen2 on CUDA (the package the training's ``kernels`` lever uses).
 
-``speed_up_decoding`` applies both where they apply, then checks each changed kernel against the code it
+``speed_up_decoding`` applies those that apply, then checks each changed kernel against the code it
 replaces on the model's own activations (``check_each_kernel``): a model where one does not compute the same is
 put back as it was.
 
 On by default for CUDA models (the chat applies it at load; ``TUNER_DECODE_KERNELS=0`` turns it off). H100,
 7B-shaped Llama, batch-1 decoder (``bench/decode_kernels.py``): bf16 123.7 tokens/s with the model's own
-kernels, 131.7 fused, 162.3 fused + Liger; 4-bit 158.7 and 205.5 with Liger (4-bit layers are not fused). On
+kernels, 131.3 fused, 163.1 fused + Liger; 4-bit 159.0 and 205.6 with Liger (4-bit layers are not fused); 4-bit
+with an unmerged adapter, in the app, 83.6 before and 143.2 with all three (bench/results/h100-decode-kernels.txt). On
 CPU the fused products were no faster (the embedded model: batch 1 the same, a batch of 20 about 6 % slower),
 so the CPU path never uses it.
 
@@ -203,7 +204,7 @@ def _rope_dispatch(original):
     compiled anew for each batch size (Triton constants), and a prompt's forward, once a reply, gains nothing from
     it. The decode steps' batch sizes are few (powers of two) and compiled when the steps are captured at load; the
     prefills' group sizes are any, and compiling one in the middle of serving stalled every reply (H100, 20
-    sessions: 594 tokens/s against 800)."""
+    sessions: 372-594 tokens/s against 769-789 since)."""
     def apply_rotary_pos_emb(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
         if q.is_cuda and unsqueeze_dim == 1 and q.dim() == 4 and q.shape[2] == 1:
             from liger_kernel.ops.rope import LigerRopeFunction
