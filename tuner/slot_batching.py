@@ -310,15 +310,13 @@ class SlotBatcher(Batcher):
         with self.lock, torch.inference_mode():
             self._positions.zero_()
             self._ids.zero_()
-            # every step length up to ``length``: a batch of short replies steps over the first 256 positions only
-            # (at 32 replies a step reads their keys and values, 4 GB for a 7B model, besides the weights); warmed
-            # at 512 alone, 20 sessions waited for the 256-position captures and got 371 tokens/s instead of 705
-            widths = min(_power_of_two(length, MIN_BUCKET), self.length)
+            # every length a step can take with these buffers (``_step_length``): a batch of short replies may step
+            # over fewer positions than they hold; a capture missing here is made while visitors wait (20 sessions:
+            # 371 tokens/s instead of 705 once)
+            widths = sorted({self._step_length(1 << bits) for bits in range(self.length.bit_length())})
             while self.graphs and size <= min(slots, self.slots):
-                positions = min(MIN_BUCKET, widths)
-                while positions <= widths:
+                for positions in widths:
                     self._run_step((size, positions))
-                    positions *= 2
                 size *= 2
             # the prefill path's first forward of each width pays for set-up (H100, 7B-shaped: 1.2-1.8 s of first
             # token otherwise): the widths of most chat turns
@@ -336,8 +334,15 @@ class SlotBatcher(Batcher):
     # ------------------------------------------------------------------------------------- steps
     def _shape(self) -> tuple[int, int]:
         slots = _power_of_two(max(row.slot for row in self._rows) + 1, MIN_SLOTS)
-        length = min(_power_of_two(max(row.length for row in self._rows) + 1, MIN_BUCKET), self.length)
-        return slots, length
+        return slots, self._step_length(max(row.length for row in self._rows) + 1)
+
+    def _step_length(self, positions: int) -> int:
+        """The positions a step attends over for rows of up to ``positions`` tokens: a power of two, or all the
+        buffers hold. Fewer than they hold is a strided view of them, and attention copies a strided view whole,
+        keys and values, in every layer (bench/slot_buffers.py, H100, 7B-shaped, 32 slots: 256 of 512 positions
+        13.3 ms a step, all 512 9.3); up to four times the positions, reading them all costs less."""
+        length = min(_power_of_two(positions, MIN_BUCKET), self.length)
+        return self.length if self.length <= 4 * length else length
 
     def _forward_step(self, slots: int, length: int):
         import torch
