@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 MIN_BUCKET = 256
-# positions the batch-1 decoder captures at load: a reply that stays under it never waits for a capture
+# positions the batch-1 decoder and the slot batcher capture at load: a reply that stays under it never waits for a
+# capture. Warmed to 256, the slot batcher captured its 512-position step in the middle of the first 256-token reply
+# and grew its cache there (that reply: 126.6 tokens/s in the app against 152.6-156.6); warmed to 512, batches of
+# short replies step over all 512 positions (``SlotBatcher._step_length``): H100, 7B-shaped, 20 sessions 785.7
+# tokens/s (bench/gpu_levers.sh ab). TUNER_SLOT_WARM_LENGTH sets the slot batcher's.
 WARM_LENGTH = 512
-# and the slot batcher (TUNER_SLOT_WARM_LENGTH): 256, so its cache holds 256 positions until a reply needs more.
-# Warmed to 512, a lone 256-token reply waits for no capture (152.6 tokens/s in the app against 126.6 for the first
-# such reply), but batches of short replies step over views of the longer buffers and were slower (H100, 7B-shaped,
-# 20 sessions: 683-705 tokens/s against 769-789; bench/gpu_levers.sh ab). The first reply past 256 positions grows
-# the cache and captures its step once.
-SLOT_WARM_LENGTH = int(os.environ.get("TUNER_SLOT_WARM_LENGTH", "256") or 256)
+SLOT_WARM_LENGTH = int(os.environ.get("TUNER_SLOT_WARM_LENGTH", str(WARM_LENGTH)) or WARM_LENGTH)
 DEFAULT_MAX_CONTEXT = 8192
 
 # GenerationConfig fields that add logits processors we do not implement: the fast path is used only

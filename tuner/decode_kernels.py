@@ -204,7 +204,7 @@ def _rope_dispatch(original):
     compiled anew for each batch size (Triton constants), and a prompt's forward, once a reply, gains nothing from
     it. The decode steps' batch sizes are few (powers of two) and compiled when the steps are captured at load; the
     prefills' group sizes are any, and compiling one in the middle of serving stalled every reply (H100, 20
-    sessions: 372-594 tokens/s against 769-789 since)."""
+    sessions: 372-594 tokens/s against 705-789 since)."""
     def apply_rotary_pos_emb(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
         if q.is_cuda and unsqueeze_dim == 1 and q.dim() == 4 and q.shape[2] == 1:
             from liger_kernel.ops.rope import LigerRopeFunction
