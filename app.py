@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections import OrderedDict
 
 from tuner.runtime import configure_workspace
 
 PLACE = configure_workspace()  # before anything reads TUNER_HOME
+# Gradio 6.17 reads starlette.status.HTTP_422_UNPROCESSABLE_ENTITY on every queued event and Starlette 1.x warns
+# each time: most of the app's log was that line
+warnings.filterwarnings("ignore", message="'HTTP_422_UNPROCESSABLE_ENTITY' is deprecated")
 
 import gradio as gr  # noqa: E402
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 try:
@@ -27,6 +28,8 @@ if ZERO_GPU:
     # The batching thread would outlive the @spaces.GPU call that lends the GPU; each reply decodes alone.
     os.environ.setdefault("TUNER_BATCHING", "0")
 
+# Gradio reads starlette.status.HTTP_422_UNPROCESSABLE_ENTITY on every queued event; Starlette 1.x warns each time
+warnings.filterwarnings("ignore", message="'HTTP_422_UNPROCESSABLE_ENTITY' is deprecated")
 import gradio as gr  # noqa: E402
 
 from space_settings import HUB, MODEL_KIND, MODEL_REPO, TITLE  # noqa: E402
