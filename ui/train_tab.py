@@ -305,7 +305,10 @@ def build(labels: Labels, lang: gr.Radio, place: Place | None = None, mode: Mode
         command = labels(gr.Textbox, label_key="train.command", interactive=False, elem_id="train-command")
         config = gr.Code(language="python", interactive=False, elem_id="train-config", max_lines=24)
         config_file = labels(gr.File, label_key="train.config_download", interactive=False)
-    timer = gr.Timer(2.0, active=mode == Mode.LOCAL)  # the owner's page turns it on at sign-in
+    # Off until the page has loaded: the page's load turns it on for the owner (and sign-in does). A timer ticking
+    # from the first moment made Gradio 6.17 select the first tab again, a second or two after the visitor had
+    # opened another (tests/browser/test_app.py after a reload: Fine-tune -> Data).
+    timer = gr.Timer(2.0, active=False)
     shown = gr.State(None)
 
     form = [model, template, method, dataset, *values]

@@ -17,18 +17,21 @@ TRAINING_MINUTES = 20
 
 
 def open_tab(page: Page, name: str) -> None:
-    """Click the tab until it is the selected one: on a loaded machine a click soon after a (re)load can land
-    while the page is still drawing its tab bar, and is lost (seen in CI: the Data tab stayed selected)."""
+    """Click the tab until it is the selected one, and stays so for 3 s: a click made while the page is still
+    loading can be undone when the load ends, Gradio 6.17 selecting the first tab again (reproduced with the page's
+    load held back 4 s; seen in CI after a reload on a machine busy training). The timer that caused it on every
+    load now starts with the load (ui/train_tab.py); a slow load still can."""
     button = page.locator(f"#tab-{name}-button")
     for attempt in range(4):
         button.click()
         try:
             expect(button).to_have_attribute("aria-selected", "true", timeout=10_000)
+            page.wait_for_timeout(3000)
+            expect(button).to_have_attribute("aria-selected", "true", timeout=100)
             break
         except AssertionError:
             if attempt == 3:
                 raise
-    page.wait_for_timeout(500)
 
 
 def textbox(page: Page, elem_id: str):
