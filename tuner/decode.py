@@ -103,15 +103,16 @@ def capture_graph(step, device, pool):
     return graph, out
 
 
-def check_same_logits(replayed, eager, where: str = "", what: str = "the CUDA graph's logits") -> None:
+def check_same_logits(replayed, eager, where: str = "", what: str = "the CUDA graph's logits") -> float:
     """Raise DecodeUnsupported unless a replayed step's logits equal the eager step's to ``graph_tolerance()``
-    (relative to the largest logit; NaN fails too)."""
+    (relative to the largest logit; NaN fails too); returns that relative difference."""
     import torch
 
     scale = eager.abs().max().clamp_min(1e-6)
     error = float((replayed - eager).abs().max() / scale)
     if not (error <= graph_tolerance() and bool(torch.isfinite(replayed).all())):
         raise DecodeUnsupported(f"{what} differ from the model's (relative error {error:.3g}{where})")
+    return error
 
 
 @dataclass

@@ -21,7 +21,7 @@ from tuner.models import EMBEDDED_MODEL, guess_template, resolve_model, template
 from tuner.progress import ProgressCache
 from tuner.spec import (DEEPSPEED_CHOICES, OPTIMIZERS, PRECISIONS, PRESETS, TrainSpec, render_config, spec_for_model,
                         spec_problems)
-from tuner.access import Mode, check_model_choice, configured_mode
+from tuner.access import check_model_choice, configured_mode
 from tuner.runtime import Place, current_place
 from ui.access_guard import current_caller, current_oauth_token
 from ui.data_tab import _tokenizer
@@ -240,9 +240,8 @@ def job_view(lang: str, job_id: str | None, shown: tuple | None = None):
             now_showing)
 
 
-def build(labels: Labels, lang: gr.Radio, place: Place | None = None, mode: Mode | None = None) -> SimpleNamespace:
+def build(labels: Labels, lang: gr.Radio, place: Place | None = None) -> SimpleNamespace:
     place = place or current_place()
-    mode = mode or configured_mode()
     spec = spec_for_model(EMBEDDED_MODEL)
     if place.zerogpu:
         labels(gr.Markdown, value_key="where.zerogpu", elem_id="train-zerogpu")

@@ -104,6 +104,7 @@ def test_each_rotary_embedding_is_checked_against_the_one_it_replaces(monkeypatc
     if factor == 1.0:
         assert note == "Liger norms and rotary (the same outputs)", note
         assert llama.apply_rotary_pos_emb is stand_in  # still in place after the check
+        decode_kernels.restore(model)  # no stand-in left in the module's record for the tests after
     else:
         assert note == ("kernels left as they were: the outputs of a faster kernel differ from the model's "
                         "(relative error 0.05 in the rotary embedding of the keys)"), note
