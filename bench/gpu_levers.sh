@@ -19,6 +19,7 @@
 #   load   the same rows after a change, with bench/slot_first_token.py first (SESSIONS="1 1 4 20")
 #   compile the batch-1 step compiled by Inductor (TOLERANCE, KINDS, LIMIT)
 #   ab     the load rows under several environments (VARIANTS): e.g. decode kernels on and off
+#   train  issue 12's training table: plain loop + LEVERS in turn, app rows APP_ROWS (before/after)
 #   kernels bench/decode_kernels.py (bf16, 4-bit, the embedded model if carried), chat and load rows: issue 12
 #   final  load rows, then the memory levers of the app's path (APP_ROWS: bench/train_speed.py --app entries)
 #   serve, load and final also need carry ".gpu/wheels-api": fastapi 0.165.0 with its dependencies, made with
@@ -139,6 +140,28 @@ case "$what" in
         echo "chat_speed rc=$?"
         grep -v -i "warn" "$OUT/chat.log" | tail -14
         [[ -n "${NO_LOAD:-}" ]] || load_rows
+        ;;
+    train)
+        # issue 12's training table: the plain loop and each lever added in turn (LEVERS), then the app's path
+        # (xtuner train) before and after (APP_ROWS: bench/train_speed.py --app entries)
+        model_7b || exit 1
+        timeout ${LIMIT:-540} python3 bench/train_speed.py --tokenizer .gpu/tokenizer --steps ${STEPS:-10} \
+            --levers "${LEVERS-bf16,fused,liger}" --app "${APP_ROWS:-peft+fp32w,auto+b2,auto}" \
+            --records ${RECORDS:-1200} --json "$OUT/train.json" > "$OUT/train.log" 2>&1
+        echo "train_speed rc=$?"
+        grep -h "tuner: " "$OUT"/app-xtuner-*.log 2>/dev/null | sort | uniq -c | tail -8
+        grep -E "s/iter|FAILED|Error|^path|^plain|^app|^row done" "$OUT/train.log" | tail -30
+        ;;
+    profile)
+        # where the training step's host time goes (bench/train_step_profile.py), then batch sizes
+        model_7b || exit 1
+        for levers in ${PROFILE_LEVERS:-none bf16,fused,liger}; do
+            [[ "$levers" == none ]] && levers=""
+            timeout ${LIMIT:-200} python3 bench/train_step_profile.py --tokenizer .gpu/tokenizer --levers "$levers" \
+                --batches ${BATCHES:-1,2,4} > "$OUT/profile-${levers:-plain}.log" 2>&1
+            echo "train_step_profile ${levers:-plain} rc=$?"
+            grep -v -i "warn" "$OUT/profile-${levers:-plain}.log" | head -${HEAD:-75}
+        done
         ;;
     ab)
         # the load rows under each setting of VARIANTS ("|"-separated environments; "default" is none), in one

@@ -70,8 +70,10 @@ def run_job(spec, name: str, cancel_after: int | None = None) -> dict:
     if status.state != JobState.SUCCEEDED and not progress.iterations:
         print(job.log_tail(60))
         return result
-    steady = [e.seconds_per_iter for e in progress.iterations[3:] if e.seconds_per_iter] or \
-        [e.seconds_per_iter for e in progress.iterations if e.seconds_per_iter]
+    # XTuner logs mmengine's running mean over the last 10 iterations: from the 13th on it no longer holds the
+    # first, slow ones (start-up, allocator warm-up); shorter jobs report their last mean, warm-up included
+    steady = [e.seconds_per_iter for e in progress.iterations[12:] if e.seconds_per_iter] or \
+        [e.seconds_per_iter for e in progress.iterations[-1:] if e.seconds_per_iter]
     per_iter = statistics.median(steady)
     result.update(iterations=progress.latest.total, seconds_per_iter=per_iter,
                   tokens_per_s_per_gpu=spec.max_length * spec.batch_size / per_iter,

@@ -17,11 +17,13 @@ profile). Writes JSON with --json.
 the same batches, so the loss difference to the plain loop is a correctness check): liger (Liger Kernel's
 RMSNorm, RoPE, SwiGLU, fused linear cross-entropy: TrainSpec.kernels), bf16 (frozen unquantized weights
 kept in bf16 instead of peft's fp32 upcast), noreentrant (non-reentrant checkpointing), compile
-(torch.compile of each decoder layer).
+(torch.compile of each decoder layer), fused (tuner/lora_training.py: sibling LoRA layers as one autograd
+function: TrainSpec.lora_kernel).
 
 --app gives one app row per entry; an entry is '+'-joined tokens, each a TrainSpec override (see APP_TOKENS):
-none / auto / liger (kernels), 8bit (optimizer=adamw_8bit), paged8bit (optimizer=paged_adamw_8bit), offload
-(offload_activations), r16 (lora_r=16; any rN). App rows also show the GPU memory nvidia-smi saw in use during
+none / auto / liger (kernels), peft / fused (lora_kernel), fp32w / bf16w (frozen_dtype fp32 / compute), 8bit
+(optimizer=adamw_8bit), paged8bit (optimizer=paged_adamw_8bit), offload (offload_activations), r16 (lora_r=16; any
+rN), b2 (batch_size=2: twice the tokens per step; any bN). App rows also show the GPU memory nvidia-smi saw in use during
 the job over what was in use before it ('GPU used': the whole training process, CUDA context, allocator cache and
 paged optimizer states included, which 'peak GiB', XTuner's torch.cuda.max_memory_allocated, leaves out), and
 as 'loss diff' the largest difference of their first losses to the first app row's.
@@ -112,7 +114,15 @@ def lever_noreentrant(model) -> str:
     return "non-reentrant checkpointing"
 
 
-LEVERS = {"liger": lever_liger, "bf16": lever_bf16, "compile": lever_compile, "noreentrant": lever_noreentrant}
+def lever_fused(model) -> str:
+    """tuner/lora_training.py: each group of sibling LoRA layers as one autograd function (TrainSpec.lora_kernel)."""
+    from tuner.lora_training import fuse_lora
+
+    return f"{fuse_lora(model)} LoRA layers fused"
+
+
+LEVERS = {"liger": lever_liger, "bf16": lever_bf16, "compile": lever_compile, "noreentrant": lever_noreentrant,
+          "fused": lever_fused}
 
 
 def run_steps(model, batches: list, seed: int = 0, profile: bool = False) -> dict:
@@ -223,6 +233,8 @@ APP_TOKENS = {
     "none": {"kernels": "none"}, "auto": {"kernels": "auto"}, "liger": {"kernels": "liger"},
     "8bit": {"optimizer": "adamw_8bit"}, "paged8bit": {"optimizer": "paged_adamw_8bit"},
     "offload": {"offload_activations": True},
+    "peft": {"lora_kernel": "peft"}, "fused": {"lora_kernel": "fused"},
+    "fp32w": {"frozen_dtype": "fp32"}, "bf16w": {"frozen_dtype": "compute"},
 }
 
 
@@ -234,8 +246,10 @@ def app_overrides(entry: str) -> dict:
             overrides.update(APP_TOKENS[token])
         elif token[:1] == "r" and token[1:].isdigit():
             overrides["lora_r"] = int(token[1:])
+        elif token[:1] == "b" and token[1:].isdigit():
+            overrides["batch_size"] = int(token[1:])
         else:
-            raise ValueError(f"unknown --app token {token!r} in {entry!r}: use {', '.join(APP_TOKENS)} or rN")
+            raise ValueError(f"unknown --app token {token!r} in {entry!r}: use {', '.join(APP_TOKENS)}, rN or bN")
     return overrides
 
 

@@ -87,7 +87,7 @@ def _plain_linear(module):
 _PATCHED_ATTR = "_tuner_patched_modules"
 
 
-def _patch_forward(model, module, forward) -> None:
+def patch_forward(model, module, forward) -> None:
     """Give ``module`` its own forward, and note it on ``model`` so that ``restore`` finds it."""
     module.forward = types.MethodType(forward, module)
     patched = getattr(model, _PATCHED_ATTR, None)
@@ -111,24 +111,24 @@ def _fuse_group(model, parent, names: tuple[str, ...]) -> bool:
         linear.weight.data = fused.weight[start:stop]  # a view: the separate copy is freed
         if fused.bias is not None:
             linear.bias.data = fused.bias[start:stop]
-        _patch_forward(model, linear, lambda self, x, _i=index, _f=fused: _f.part(_i, x))
+        patch_forward(model, linear, lambda self, x, _i=index, _f=fused: _f.part(_i, x))
     return True
 
 
-_SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # linears that read the same input
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # linears that read the same input
 
 
 def fuse_projections(model) -> int:
     """Fuse q/k/v and gate/up in every layer of ``model``; returns how many groups were fused."""
     count = 0
     for module in list(model.modules()):
-        for names in _SIBLINGS:
+        for names in SIBLINGS:
             if all(hasattr(module, name) for name in names):
                 count += _fuse_group(model, module, names)
     return count
 
 
-def _lora_parts(module):
+def lora_parts(module):
     """(A, B, scaling) of a PEFT LoRA layer that ``use_lora``'s forward computes as PEFT does: one active plain
     LoRA adapter (no DoRA or other variant), not merged, no bias; None for anything else."""
     import torch
@@ -161,7 +161,7 @@ def _lora_group(model, members: list, parts: list, dtype) -> None:
     product = _FusedProduct([a.weight.detach().to(dtype) for a, _, _ in parts])
     for index, (module, (_, b, scale)) in enumerate(zip(members, parts)):
         b_t = b.weight.detach().to(dtype).t()
-        _patch_forward(model, module, lambda self, x, *args, _p=product, _i=index, _b=b_t, _s=scale, **kwargs:
+        patch_forward(model, module, lambda self, x, *args, _p=product, _i=index, _b=b_t, _s=scale, **kwargs:
                        _lora_forward(self, x, args, kwargs, _p, _i, _b, _s))
 
 
@@ -175,14 +175,14 @@ def use_lora(model) -> int:
         return 0
     dtype, count = embeddings.weight.dtype, 0
     for parent in list(model.modules()):
-        for names in _SIBLINGS:
+        for names in SIBLINGS:
             members = [getattr(parent, name, None) for name in names]
-            parts = [_lora_parts(member) if member is not None else None for member in members]
+            parts = [lora_parts(member) if member is not None else None for member in members]
             if all(parts) and len({(a.in_features, a.weight.device) for a, _, _ in parts}) == 1:
                 _lora_group(model, members, parts, dtype)
                 count += len(members)
     for module in list(model.modules()):
-        if parts := _lora_parts(module):
+        if parts := lora_parts(module):
             _lora_group(model, [module], [parts], dtype)
             count += 1
     return count
@@ -230,7 +230,7 @@ def use_liger(model) -> int:
     for module in model.modules():
         if type(module).__name__ in _LLAMA_NORMS and "forward" not in vars(module) and \
                 hasattr(module, "variance_epsilon"):
-            _patch_forward(model, module, _liger_norm_forward)
+            patch_forward(model, module, _liger_norm_forward)
             count += 1
     family = getattr(model.config, "model_type", "")
     if family in _ROPE_MODULES and count:

@@ -62,15 +62,19 @@ def _wrap_dispatch(sft) -> None:
 
     def dispatch_modules(model, use_varlen_attn=False):
         original(model, use_varlen_attn=use_varlen_attn)
-        done = apply_liger(model)
-        try:
-            from mmengine import print_log
-
-            print_log(f"tuner: {done}", "current")
-        except ImportError:
-            print(f"tuner: {done}", flush=True)
+        log(f"tuner: {apply_liger(model)}")
 
     sft.dispatch_modules = dispatch_modules
+
+
+def log(message: str) -> None:
+    """A line in the training log (mmengine's logger inside XTuner, else standard output)."""
+    try:
+        from mmengine import print_log
+
+        print_log(message, "current")
+    except ImportError:
+        print(message, flush=True)
 
 
 def after_import(name: str, callback) -> None:

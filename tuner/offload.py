@@ -25,6 +25,8 @@ import os
 import weakref
 from typing import Any, Iterator
 
+from tuner.kernels import after_import, log
+
 ENV = "TUNER_OFFLOAD_ACTIVATIONS"
 MIN_BYTES = 1 << 20  # smaller saved tensors stay where they are: a copy would cost more than it frees
 
@@ -161,8 +163,6 @@ def install_training_hooks() -> None:
     """In a training process: offload the checkpoint inputs when ``TUNER_OFFLOAD_ACTIVATIONS`` is 1."""
     if os.environ.get(ENV) != "1":
         return
-    from tuner.kernels import after_import
-
     after_import("xtuner.model.sft", _wrap_compute_loss)
 
 
@@ -176,7 +176,7 @@ def _wrap_compute_loss(sft) -> None:
             result = original(self, data, data_samples)
         if not reported:
             reported.append(True)
-            _log(_describe(offload, len(_checkpointing_modules.get(self.llm, []))))
+            log(f"tuner: {_describe(offload, len(_checkpointing_modules.get(self.llm, [])))}")
         return result
 
     cls.compute_loss = compute_loss
@@ -189,11 +189,3 @@ def _describe(offload: CheckpointOffload, checkpointing_modules: int) -> str:
     return (f"activation offload: {len(offload.saved)} checkpoint inputs, "
             f"{offload.moved_bytes() / 2**20:.0f} MiB per step, wait in pinned host memory")
 
-
-def _log(message: str) -> None:
-    try:
-        from mmengine import print_log
-
-        print_log(f"tuner: {message}", "current")
-    except ImportError:
-        print(f"tuner: {message}", flush=True)

@@ -19,8 +19,10 @@ from tuner.jobs import Job, JobState, JobStatus, now_iso, queue_position
 from tuner.kernels import ENV as KERNELS_ENV
 from tuner.kernels import resolve_kernels
 from tuner.launch import shell_command, train_command
+from tuner import lora_training
 from tuner.offload import ENV as OFFLOAD_ENV
 from tuner.processes import JOB_ENV, stop_job_processes
+from tuner.spec import resolve_precision
 from tuner.xtuner_cli import tool_environment, xtuner_command
 
 
@@ -72,7 +74,9 @@ def _lever_environment(spec) -> tuple[dict[str, str], str]:
     """What the start-up hook in the training process reads (tuner/kernels.py, tuner/offload.py), and a note
     for the log when the kernels setting had to change."""
     kernels, note = _kernels(spec)
-    return {KERNELS_ENV: kernels, OFFLOAD_ENV: "1" if spec.offload_activations else "0"}, note
+    return {KERNELS_ENV: kernels, OFFLOAD_ENV: "1" if spec.offload_activations else "0",
+            lora_training.ENV: lora_training.resolve(spec.lora_kernel, spec.deepspeed),
+            lora_training.FROZEN_ENV: lora_training.resolve_frozen(spec.frozen_dtype, resolve_precision(spec))}, note
 
 
 def _kernels(spec) -> tuple[str, str]:

@@ -18,7 +18,16 @@ def apply_patches() -> None:
     _cpu_bf16_probe()
     quiet_known_noise()
     _training_kernels()
+    _lora_training()
     _activation_offload()
+
+
+def _lora_training() -> None:
+    # The spec's `lora_kernel` and `frozen_dtype` levers (tuner/lora_training.py): fused LoRA layers and frozen
+    # weights back in bf16 after peft's upcast, when the job runner sets TUNER_LORA_KERNEL / TUNER_FROZEN_DTYPE.
+    from tuner.lora_training import install_training_hooks
+
+    install_training_hooks()
 
 
 def _activation_offload() -> None:

@@ -16,6 +16,8 @@ from tuner.estimate import estimate_training, model_shape
 from tuner.jobs import (Job, JobError, JobState, cancel_job, create_job, get_job, list_jobs, queue_position,
                         resume_job, start_job)
 from tuner.kernels import KERNEL_CHOICES
+from tuner.lora_training import CHOICES as LORA_KERNELS
+from tuner.lora_training import FROZEN_CHOICES as FROZEN_DTYPES
 from tuner.launch import shell_command, train_command
 from tuner.models import EMBEDDED_MODEL, guess_template, resolve_model, template_names
 from tuner.progress import ProgressCache
@@ -31,7 +33,7 @@ from ui.i18n import Labels, t
 
 BASIC = ("max_epochs", "lr", "batch_size", "accumulative_counts", "max_length", "pack_to_max_length",
          "lora_r", "lora_alpha", "lora_dropout", "warmup_ratio", "precision")
-ADVANCED = ("gpus", "deepspeed", "kernels", "optimizer", "offload_activations", "seed", "save_steps",
+ADVANCED = ("gpus", "deepspeed", "kernels", "lora_kernel", "frozen_dtype", "optimizer", "offload_activations", "seed", "save_steps",
             "save_total_limit", "evaluation_freq", "evaluation_max_new_tokens", "max_norm", "weight_decay", "system",
             "evaluation_inputs")
 FIELDS = BASIC + ADVANCED
@@ -57,6 +59,9 @@ def field_component(labels: Labels, name: str, default):
         return labels(gr.Dropdown, choices=list(KERNEL_CHOICES), value=default, **common)
     if name == "optimizer":
         return labels(gr.Dropdown, choices=list(OPTIMIZERS), value=default, **common)
+    if name in ("lora_kernel", "frozen_dtype"):
+        choices = LORA_KERNELS if name == "lora_kernel" else FROZEN_DTYPES
+        return labels(gr.Dropdown, choices=list(choices), value=default, **common)
     if name == "system":
         return labels(gr.Textbox, value=default, lines=2, **common)
     if name == "evaluation_inputs":
