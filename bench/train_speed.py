@@ -125,6 +125,19 @@ LEVERS = {"liger": lever_liger, "bf16": lever_bf16, "compile": lever_compile, "n
           "fused": lever_fused}
 
 
+def train_step(model, optimizer, ids):
+    """One step of the plain loop: bf16 autocast, gradient clipping at 1.0, AdamW. Returns the loss."""
+    import torch
+
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def run_steps(model, batches: list, seed: int = 0, profile: bool = False) -> dict:
     """Train from the model's current LoRA weights with a fresh AdamW: times, losses, peak memory."""
     import torch
@@ -141,12 +154,7 @@ def run_steps(model, batches: list, seed: int = 0, profile: bool = False) -> dic
         if profile and index == len(batches) - 1:
             profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
             profiler.__enter__()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = train_step(model, optimizer, ids)
         torch.cuda.synchronize()
         if profiler is not None:
             profiler.__exit__(None, None, None)

@@ -25,18 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_speed import LEVERS, SEQ, load_qlora  # noqa: E402
-
-
-def step(model, optimizer, ids) -> float:
-    import torch
-
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss
+from train_speed import train_step as step  # noqa: E402
 
 
 def sync_sources(model, optimizer, ids) -> collections.Counter:
@@ -46,7 +35,8 @@ def sync_sources(model, optimizer, ids) -> collections.Counter:
     sources: collections.Counter = collections.Counter()
 
     def record(message, category, filename, lineno, file=None, line=None):
-        frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename and "warnings" not in f.filename]
+        frames = [f for f in traceback.extract_stack()[:-1]
+                  if "/torch/" not in f.filename and "warnings" not in f.filename]
         where = frames[-1] if frames else None
         sources[f"{Path(where.filename).name}:{where.lineno} {where.name}" if where else f"{filename}:{lineno}"] += 1
 

@@ -196,6 +196,52 @@ def _forward_group(ctx, x, group, dropout, params, dtype):
     return outputs, [*inputs, *masks, *low, *params]
 
 
+def _backward_group(ctx, grads):
+    """Gradients of x and of each member's A and B (the base weights are frozen: none for them)."""
+    import torch
+
+    group, dtype, dropout, lanes = ctx.group, ctx.dtype, ctx.dropout, ctx.lanes
+    n, saved = len(group.members), ctx.saved_tensors
+    inputs, masks = saved[:len(lanes)], saved[len(lanes):2 * len(lanes)]
+    low, params = saved[2 * len(lanes):2 * len(lanes) + n], saved[2 * len(lanes) + n:]
+    shape, x_dtype = ctx.x_meta
+    dys = [None if g is None else g.reshape(-1, g.shape[-1]).to(dtype) for g in grads]
+    want_x, want_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[3:])
+    dx = None
+    if want_x:
+        for i, base in enumerate(group.bases):
+            if dys[i] is not None:
+                weight = base.weight(dtype)
+                dx = torch.mm(dys[i], weight) if dx is None else dx.addmm_(dys[i], weight)
+    # g_i = s_i dy_i B_i: the gradient reaching member i's low-rank product (zero where dy_i is None)
+    g = [torch.zeros(inputs[0].shape[0], group.ranks[i], dtype=dtype, device=inputs[0].device) if dys[i] is None
+         else torch.mm(dys[i], group.cast([params[2 * i + 1]], dtype)).mul_(group.scales[i]) for i in range(n)]
+    param_grads = [None] * (2 * n)
+    for lane, xd, mask in zip(lanes, inputs, masks):
+        g_lane = _cat([g[i] for i in lane], 1)
+        if want_params:
+            d_a = torch.mm(g_lane.t(), xd)
+            start = 0
+            for i in lane:
+                param_grads[2 * i] = d_a[start:start + group.ranks[i]].to(params[2 * i].dtype)
+                start += group.ranks[i]
+        if want_x:
+            a_lane = group.cast([params[2 * i] for i in lane], dtype)
+            if mask.numel():  # through the dropout: the kept positions, scaled as in forward
+                scale = 1 / (1 - dropout[lane[0]])
+                d_xd = torch.ops.aten.native_dropout_backward(torch.mm(g_lane, a_lane), mask, scale)
+                dx = d_xd if dx is None else dx.add_(d_xd)
+            else:
+                dx = torch.mm(g_lane, a_lane) if dx is None else dx.addmm_(g_lane, a_lane)
+    if want_params:
+        for i in range(n):
+            b = params[2 * i + 1]
+            param_grads[2 * i + 1] = torch.zeros_like(b) if dys[i] is None else \
+                torch.mm(dys[i].t(), low[i]).mul_(group.scales[i]).to(b.dtype)
+    dx = None if dx is None else dx.view(shape).to(x_dtype)
+    return (dx, None, None, *param_grads)
+
+
 @functools.cache
 def _function():
     """The autograd function of a group (defined on first use: torch is imported lazily)."""
@@ -212,46 +258,7 @@ def _function():
 
         @staticmethod
         def backward(ctx, *grads):
-            group, dtype, dropout, lanes = ctx.group, ctx.dtype, ctx.dropout, ctx.lanes
-            n, saved = len(group.members), ctx.saved_tensors
-            inputs, masks = saved[:len(lanes)], saved[len(lanes):2 * len(lanes)]
-            low, params = saved[2 * len(lanes):2 * len(lanes) + n], saved[2 * len(lanes) + n:]
-            shape, x_dtype = ctx.x_meta
-            dys = [None if g is None else g.reshape(-1, g.shape[-1]).to(dtype) for g in grads]
-            tokens = inputs[0].shape[0]
-            want_x, want_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[3:])
-            dx = None
-            if want_x:
-                for i, base in enumerate(group.bases):
-                    if dys[i] is not None:
-                        weight = base.weight(dtype)
-                        dx = torch.mm(dys[i], weight) if dx is None else dx.addmm_(dys[i], weight)
-            # g_i = s_i dy_i B_i: the gradient reaching member i's low-rank product (zero where dy_i is None)
-            g = [torch.zeros(tokens, group.ranks[i], dtype=dtype, device=inputs[0].device) if dys[i] is None
-                 else torch.mm(dys[i], group.cast([params[2 * i + 1]], dtype)).mul_(group.scales[i]) for i in range(n)]
-            param_grads = [None] * (2 * n)
-            for lane, xd, mask in zip(lanes, inputs, masks):
-                g_lane = _cat([g[i] for i in lane], 1)
-                if want_params:
-                    d_a = torch.mm(g_lane.t(), xd)
-                    start = 0
-                    for i in lane:
-                        param_grads[2 * i] = d_a[start:start + group.ranks[i]].to(params[2 * i].dtype)
-                        start += group.ranks[i]
-                if want_x:
-                    a_lane = group.cast([params[2 * i] for i in lane], dtype)
-                    if mask.numel():
-                        d_xd = torch.ops.aten.native_dropout_backward(torch.mm(g_lane, a_lane), mask, 1 / (1 - dropout[lane[0]]))
-                        dx = d_xd if dx is None else dx.add_(d_xd)
-                    else:
-                        dx = torch.mm(g_lane, a_lane) if dx is None else dx.addmm_(g_lane, a_lane)
-            if want_params:
-                for i in range(n):
-                    d_b = torch.zeros_like(params[2 * i + 1]) if dys[i] is None else \
-                        torch.mm(dys[i].t(), low[i]).mul_(group.scales[i]).to(params[2 * i + 1].dtype)
-                    param_grads[2 * i + 1] = d_b
-            dx = None if dx is None else dx.view(shape).to(x_dtype)
-            return (dx, None, None, *param_grads)
+            return _backward_group(ctx, grads)
 
     return LoraGroupFunction
 
