@@ -143,11 +143,11 @@ case "$what" in
         ;;
     train)
         # issue 12's training table: the plain loop and each lever added in turn (LEVERS), then the app's path
-        # (xtuner train) before and after (APP_ROWS: bench/train_speed.py --app entries)
+        # (xtuner train) before and after (APP_ROWS: bench/train_speed.py --app entries; PLAIN=no: app rows only)
         model_7b || exit 1
         timeout ${LIMIT:-540} python3 bench/train_speed.py --tokenizer .gpu/tokenizer --steps ${STEPS:-10} \
             --levers "${LEVERS-bf16,fused,liger}" --app "${APP_ROWS:-peft+fp32w,auto+b2,auto}" \
-            --records ${RECORDS:-1200} --json "$OUT/train.json" > "$OUT/train.log" 2>&1
+            --records ${RECORDS:-1200} ${PLAIN:+--no-plain} --json "$OUT/train.json" > "$OUT/train.log" 2>&1
         echo "train_speed rc=$?"
         grep -h "tuner: " "$OUT"/app-xtuner-*.log 2>/dev/null | sort | uniq -c | tail -8
         grep -E "s/iter|FAILED|Error|^path|^plain|^app|^row done" "$OUT/train.log" | tail -30

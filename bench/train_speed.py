@@ -23,10 +23,11 @@ function: TrainSpec.lora_kernel).
 --app gives one app row per entry; an entry is '+'-joined tokens, each a TrainSpec override (see APP_TOKENS):
 none / auto / liger (kernels), peft / fused (lora_kernel), fp32w / bf16w (frozen_dtype fp32 / compute), 8bit
 (optimizer=adamw_8bit), paged8bit (optimizer=paged_adamw_8bit), offload (offload_activations), r16 (lora_r=16; any
-rN), b2 (batch_size=2: twice the tokens per step; any bN). App rows also show the GPU memory nvidia-smi saw in use during
-the job over what was in use before it ('GPU used': the whole training process, CUDA context, allocator cache and
-paged optimizer states included, which 'peak GiB', XTuner's torch.cuda.max_memory_allocated, leaves out), and
-as 'loss diff' the largest difference of their first losses to the first app row's.
+rN), b2 (batch_size=2: twice the tokens per step; any bN), a2 (accumulative_counts=2; any aN). App rows also show the
+GPU memory nvidia-smi saw in use during the job over what was in use before it ('GPU used': the whole training
+process, CUDA context, allocator cache and paged optimizer states included, which 'peak GiB', XTuner's
+torch.cuda.max_memory_allocated, leaves out), and as 'loss diff' the largest difference of their first losses to the
+first app row's.
 """
 
 from __future__ import annotations
@@ -256,8 +257,10 @@ def app_overrides(entry: str) -> dict:
             overrides["lora_r"] = int(token[1:])
         elif token[:1] == "b" and token[1:].isdigit():
             overrides["batch_size"] = int(token[1:])
+        elif token[:1] == "a" and token[1:].isdigit():
+            overrides["accumulative_counts"] = int(token[1:])
         else:
-            raise ValueError(f"unknown --app token {token!r} in {entry!r}: use {', '.join(APP_TOKENS)}, rN or bN")
+            raise ValueError(f"unknown --app token {token!r} in {entry!r}: use {', '.join(APP_TOKENS)}, rN, bN or aN")
     return overrides
 
 

@@ -264,9 +264,9 @@ _EMBEDDED_CPU_SETTINGS = dict(
 )
 # 7B QLoRA: the tutorial's 16 packed 2048-token sequences per optimizer step, as 2 per step x 8 accumulated
 # (the tutorial: 1 x 16). Same optimizer steps; twice the tokens per kernel launch, which is what the GPU waits
-# for (issue 12, bench/results/h100-train-speed.txt: H100, 7B-shaped Llama, r=64, the app's path 7,700 tokens/s
-# at 7.39 GiB peak with the speed levers, against 3,838 for a plain transformers + peft loop at batch 1 and 9.84
-# GiB; batch 1 needs less memory but is no faster than the plain loop).
+# for (issue 12, bench/results/h100-train-levers.txt: H100, 7B-shaped Llama, r=64, the app's path 7,400-8,100
+# tokens/s at 7.39 GiB peak with the speed levers, 2.0-2.3x a plain transformers + peft loop at batch 1 and 9.84
+# GiB; at batch 1 the app makes 4,800 tokens/s at 6.96 GiB; batch 4 peaks at 9.44 GiB, over an 8 GB card).
 _QLORA_7B = dict(method="qlora", max_length=2048, batch_size=2, accumulative_counts=8, max_epochs=3,
                  lr=2e-4, lora_r=64, lora_alpha=16, lora_dropout=0.1, save_steps=500,
                  evaluation_freq=500, evaluation_max_new_tokens=256)
