@@ -17,9 +17,10 @@ from deploy.card import loss_curve_png, model_card, public_base_model
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tuner_adapter.json")
 SPACE_TEMPLATE = Path(__file__).parent / "space_template"
 # What the chat-only app needs of tuner/ (it never trains, so no XTuner in the Space).
-# spec.py (and the kernels.py it imports): models.remote_code_allowed reads the presets from it.
+# spec.py (and the kernels.py and lora_training.py it imports): models.remote_code_allowed reads the presets from it.
 TUNER_FILES_FOR_CHAT = ("__init__.py", "chat.py", "decode.py", "decode_kernels.py", "batching.py", "slot_batching.py",
-                        "model_cache.py", "models.py", "convert.py", "progress.py", "paths.py", "spec.py", "kernels.py")
+                        "model_cache.py", "models.py", "convert.py", "progress.py", "paths.py", "spec.py", "kernels.py",
+                        "lora_training.py")
 GRADIO_VERSION = "6.17.3"
 # The free way to share a tuned model: ZeroGPU (Gradio SDK, Python 3.10.13 or 3.12.12, torch 2.8 to 2.11).
 ZEROGPU_HARDWARE = "zero-a10g"
