@@ -14,12 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from tuner import lora_training
 from tuner.device_queue import visible_devices_env, wait_for_devices
 from tuner.jobs import Job, JobState, JobStatus, now_iso, queue_position
 from tuner.kernels import ENV as KERNELS_ENV
 from tuner.kernels import resolve_kernels
 from tuner.launch import shell_command, train_command
-from tuner import lora_training
 from tuner.offload import ENV as OFFLOAD_ENV
 from tuner.processes import JOB_ENV, stop_job_processes
 from tuner.spec import resolve_precision
@@ -71,8 +71,8 @@ def supervise(job: Job, resume: bool) -> JobStatus:
 
 
 def _lever_environment(spec) -> tuple[dict[str, str], str]:
-    """What the start-up hook in the training process reads (tuner/kernels.py, tuner/offload.py), and a note
-    for the log when the kernels setting had to change."""
+    """What the start-up hooks in the training process read (tuner/kernels.py, tuner/lora_training.py,
+    tuner/offload.py), and a note for the log when the kernels setting had to change."""
     kernels, note = _kernels(spec)
     return {KERNELS_ENV: kernels, OFFLOAD_ENV: "1" if spec.offload_activations else "0",
             lora_training.ENV: lora_training.resolve(spec.lora_kernel, spec.deepspeed),
