@@ -34,8 +34,8 @@ from ui.i18n import Labels, t
 BASIC = ("max_epochs", "lr", "batch_size", "accumulative_counts", "max_length", "pack_to_max_length",
          "lora_r", "lora_alpha", "lora_dropout", "warmup_ratio", "precision")
 ADVANCED = ("gpus", "deepspeed", "kernels", "lora_kernel", "frozen_dtype", "optimizer", "offload_activations",
-            "seed", "save_steps", "save_total_limit", "evaluation_freq", "evaluation_max_new_tokens", "max_norm", "weight_decay", "system",
-            "evaluation_inputs")
+            "seed", "save_steps", "save_total_limit", "evaluation_freq", "evaluation_max_new_tokens", "max_norm",
+            "weight_decay", "system", "evaluation_inputs")
 FIELDS = BASIC + ADVANCED
 _progress = ProgressCache()
 
