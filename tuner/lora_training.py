@@ -27,6 +27,7 @@ the LoRA matrices, 8-bit bases) keeps PEFT's forward; so does any call with extr
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 from tuner.decode_kernels import SIBLINGS, lora_parts, patch_forward
@@ -328,10 +329,11 @@ def _group_key(module):
 
 
 def unfuse_lora(model) -> None:
-    """Put PEFT's own forward back on every layer ``fuse_lora`` changed."""
-    from tuner.decode_kernels import restore
-
-    restore(model)
+    """Put PEFT's own forward back on every layer ``fuse_lora`` changed (and only those: the decode kernels'
+    ``restore`` also puts back module-wide functions)."""
+    for module in model.modules():
+        if vars(module).pop("_tuner_lora_group", None) is not None:
+            vars(module).pop("forward", None)
     hook = vars(model).pop(_HOOK_ATTR, None)
     if hook is not None:
         hook.remove()
@@ -380,8 +382,6 @@ def cast_frozen(model, dtype) -> int:
 def install_training_hooks() -> None:
     """In a training process: what ``TUNER_LORA_KERNEL`` and ``TUNER_FROZEN_DTYPE`` ask for, applied to the
     model XTuner builds right after it adds LoRA."""
-    import os
-
     if os.environ.get(ENV) != "fused" and not os.environ.get(FROZEN_ENV):
         return
     from tuner.kernels import after_import
@@ -390,8 +390,6 @@ def install_training_hooks() -> None:
 
 
 def _wrap_prepare_for_lora(sft) -> None:
-    import os
-
     cls = sft.SupervisedFinetune
     original = cls._prepare_for_lora
 
